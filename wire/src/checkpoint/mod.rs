@@ -1,0 +1,25 @@
+//! Header-only checkpoint inspection (`../shared/CHECKPOINTS.md` §1–§4): read the safetensors
+//! header without touching tensor data, decide the family from tensor shapes (never the file
+//! name), and derive every architecture size the loader needs.
+//!
+//! - `header`: the safetensors header parser and its integrity checks.
+//! - `detect`: family/variant/layout/prediction decisions with their sources.
+//! - `layout`: UNet, text-encoder and VAE sizes derived from shapes (§4).
+//! - `scan`: listing a models directory (what `sdplane models` and `--list` show).
+
+pub mod detect;
+pub mod header;
+pub mod layout;
+pub mod scan;
+
+pub use detect::{
+    Decided, Detection, Distillation, Family, ModelLayout, Prediction, Source, Variant, detect,
+};
+pub use header::{CheckpointError, Header, TensorInfo};
+pub use layout::{TextEncoderKind, TextEncoderLayout, UnetLayout, VaeLayout};
+
+/// Read a file's header and detect what it is: the one call most users need.
+pub fn inspect(path: &std::path::Path) -> Result<Detection, CheckpointError> {
+    let header = Header::read(path)?;
+    detect(&header)
+}
