@@ -6,6 +6,7 @@
 //! - `server`: `/v1/generate`, health, models, metrics, admission.
 //! - `test_model`: random-weight checkpoints in the real file layouts.
 
+pub mod device;
 pub mod engine;
 pub mod pipeline;
 pub mod server;
