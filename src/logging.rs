@@ -21,7 +21,12 @@ pub struct LogArgs {
 /// Install the global subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init(args: &LogArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A replica whose controller died (and is later adopted by a new one) has a closed stderr
+    // pipe: a failed log write must be dropped, not reported with `eprintln!`, which panics.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),

@@ -1,20 +1,110 @@
-//! sdplane controller: app registry, autoscaler, backends and the admin API.
+//! sdplane controller: the desired state. An app registry persisted in a state directory, the
+//! autoscaler (idle → zero, load → out), backends that run replicas, and the admin + internal API.
+//!
+//! - `config`: command line and the validated configuration.
+//! - `registry`: apps, their load and status, the route table (one task, a cloneable handle).
+//! - `autoscaler`: the pure decision "how many replicas should this app have".
+//! - `reconcile`: the loop that applies decisions through a `backend` and reports back.
+//! - `backend`: the `Backend` trait; `backend::local` (child processes) and `kube`.
+//! - `api`: HTTP handlers; `models`: the models directory; `metrics`; `cold_start`; `error`.
 
+pub mod api;
+pub mod autoscaler;
+pub mod backend;
+pub mod cold_start;
+pub mod config;
+pub mod error;
+pub mod kube;
+pub mod metrics;
+pub mod models;
+pub mod reconcile;
+pub mod registry;
+mod state_file;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// `sdplane controller` configuration.
-#[derive(Debug, clap::Args)]
-pub struct ControllerArgs {
-    /// Folder of `.safetensors` model files.
-    #[arg(long, env = "SDPLANE_MODELS", default_value = "models")]
-    pub models: std::path::PathBuf,
-    /// Admin + internal API address.
-    #[arg(long, env = "SDPLANE_ADMIN_LISTEN", default_value = "127.0.0.1:8001")]
-    pub admin_listen: std::net::SocketAddr,
+pub use config::{ControllerArgs, ControllerConfig};
+pub use error::{Error, Result};
+
+use crate::backend::Backend;
+use crate::backend::local::LocalBackend;
+use crate::kube::BackendKind;
+use crate::registry::Registry;
+use crate::registry::state::{Policy, RegistryState};
+use crate::registry::store::Store;
+
+/// `sdplane controller`: bind `--admin-listen` and serve until `shutdown` is cancelled.
+pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = ControllerConfig::from_args(&args)?;
+    let listener = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: args.admin_listen,
+            source,
+        })?;
+    serve(config, listener, prometheus::Registry::new(), shutdown).await?;
+    Ok(())
 }
 
-/// Serve until `shutdown` is cancelled.
-pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = (args, shutdown);
-    anyhow::bail!("`sdplane controller` is not built yet")
+/// Serve the admin and internal API on `listener` with metrics in `prometheus`, running the
+/// registry, the reconcile loop and the configured backend, until `shutdown` is cancelled.
+/// Local replicas are stopped on the way out; a crash instead leaves them running for the next
+/// start to adopt.
+pub async fn serve(
+    config: ControllerConfig,
+    listener: TcpListener,
+    prometheus: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let metrics = metrics::Metrics::new(&prometheus).map_err(|e| Error::Config(format!("metrics: {e}")))?;
+    let store = Store::new(&config.state_dir);
+    let file = store.load()?;
+    tracing::info!(
+        state_dir = %config.state_dir.display(),
+        apps = file.apps.len(),
+        models = %config.models.root().display(),
+        "controller starting"
+    );
+    let policy = Policy {
+        idle_timeout: config.idle_timeout,
+        target_concurrency: config.target_concurrency,
+        scale_down_window: config.scale_down_window,
+    };
+    let registry = Registry::spawn(RegistryState::new(policy, file), store, metrics.clone());
+    // Background work stops after the HTTP server has drained.
+    let tasks = CancellationToken::new();
+    let backend: Arc<dyn Backend> = match config.backend {
+        BackendKind::Local => Arc::new(LocalBackend::start(config.local.clone()).await?),
+        BackendKind::Kubernetes => kube::start(&config.kube, tasks.clone())
+            .await
+            .map_err(|e| Error::Config(format!("kubernetes backend: {e}")))?,
+    };
+    tracing::info!(backend = backend.name(), "backend ready");
+    let reconciler = tokio::spawn(reconcile::run(
+        registry.clone(),
+        backend.clone(),
+        config.reconcile_interval,
+        tasks.clone(),
+    ));
+    let state = Arc::new(api::ApiState {
+        registry,
+        models: config.models.clone(),
+        metrics,
+        prometheus,
+        token: config.admin_token.clone(),
+        long_poll: config.long_poll,
+        shutdown: shutdown.clone(),
+    });
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "admin API listening");
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    tasks.cancel();
+    let _ = reconciler.await;
+    backend.shutdown().await;
+    served.map_err(Error::Serve)
 }

@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod engine;
+pub mod model;
 pub mod pipeline;
 pub mod server;
 pub mod test_model;

@@ -5,12 +5,18 @@
 //! - `header`: the safetensors header parser and its integrity checks.
 //! - `detect`: family/variant/layout/prediction decisions with their sources.
 //! - `layout`: UNet, text-encoder and VAE sizes derived from shapes (§4).
+//! - `lookalike`: files that resemble checkpoints but are something else, refused by name.
+//! - `settings`: prediction type, turbo and resolution with the source of each decision.
 //! - `scan`: listing a models directory (what `sdplane models` and `--list` show).
+//! - `synth`: the key/shape list of a checkpoint in the real file layout (test models).
 
 pub mod detect;
 pub mod header;
 pub mod layout;
+mod lookalike;
 pub mod scan;
+mod settings;
+pub mod synth;
 
 pub use detect::{
     Decided, Detection, Distillation, Family, ModelLayout, Prediction, Source, Variant, detect,

@@ -1,0 +1,247 @@
+//! Tensor access for the model's layers: each requested diffusers name goes through the
+//! precomputed `KeyMap` to the stored LDM/SGM key, is shape-checked against the header, loaded
+//! from the memory-mapped file, transformed (squeeze, row slice, transpose) and converted to the
+//! model dtype on the model device. Nothing is converted on disk and the file is never read
+//! into one big buffer.
+//!
+//! A header-only "meta" store answers the same requests with zero-stride placeholder tensors, so
+//! a full-size SDXL architecture can be built from a synthetic header in tests without
+//! allocating its weights (mapping completeness, CHECKPOINTS.md §7.3).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use super::error::ModelError;
+use super::keys::{KeyMap, Transform};
+
+/// Where tensor bytes come from.
+pub(crate) enum Store {
+    /// The memory-mapped checkpoint.
+    Mmap(Arc<MmapedSafetensors>),
+    /// Names, dtypes and shapes only (from a header); tensors are zero-stride placeholders.
+    Meta(Arc<BTreeMap<String, (String, Vec<usize>)>>),
+}
+
+impl Store {
+    /// A header-only store: every tensor of `header` by name, dtype and shape.
+    pub(crate) fn from_header(header: &sdplane_wire::checkpoint::Header) -> Self {
+        let tensors = header
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), (t.dtype.clone(), t.shape.clone())))
+            .collect();
+        Self::Meta(Arc::new(tensors))
+    }
+}
+
+/// A cheap, cloneable handle that layers use to fetch their parameters by diffusers name.
+#[derive(Clone)]
+pub(crate) struct Weights {
+    store: Arc<Store>,
+    map: Arc<KeyMap>,
+    consumed: Arc<Mutex<BTreeSet<String>>>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    pub(crate) fn new(store: Store, map: KeyMap, dtype: DType, device: Device) -> Self {
+        Self {
+            store: Arc::new(store),
+            map: Arc::new(map),
+            consumed: Arc::new(Mutex::new(BTreeSet::new())),
+            prefix: String::new(),
+            dtype,
+            device,
+        }
+    }
+
+    /// A handle for a sub-module: `name` is appended to the current prefix.
+    pub(crate) fn pp(&self, name: impl AsRef<str>) -> Self {
+        let mut next = self.clone();
+        next.prefix = format!("{}{}.", self.prefix, name.as_ref());
+        next
+    }
+
+    /// The same weights converted to another dtype (the SDXL VAE stays in f32 under f16).
+    pub(crate) fn with_dtype(&self, dtype: DType) -> Self {
+        let mut next = self.clone();
+        next.dtype = dtype;
+        next
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Fetch parameter `name` (relative to the prefix) with exactly `shape`.
+    pub(crate) fn get(&self, shape: &[usize], name: &str) -> Result<Tensor, ModelError> {
+        let full = format!("{}{}", self.prefix, name);
+        let stored = self.map.get(&full).ok_or_else(|| ModelError::MissingTensor {
+            name: full.clone(),
+            stored: "(no mapping for this name)".into(),
+        })?;
+        let (dtype, stored_shape) = self.stored_info(&full, &stored.key)?;
+        let found = transformed_shape(&stored_shape, stored.transform);
+        if found.as_deref() != Some(shape) {
+            return Err(ModelError::ShapeMismatch {
+                name: full,
+                stored: stored.key.clone(),
+                expected: shape.to_vec(),
+                found: stored_shape,
+            });
+        }
+        if !matches!(dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
+            return Err(ModelError::UnsupportedDtype {
+                stored: stored.key.clone(),
+                dtype,
+            });
+        }
+        self.mark_consumed(&stored.key);
+        match self.store.as_ref() {
+            Store::Meta(_) => Ok(Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?),
+            Store::Mmap(st) => {
+                let raw = st.load(&stored.key, &self.device)?;
+                let t = match stored.transform {
+                    Transform::None | Transform::Squeeze => raw.reshape(shape)?,
+                    Transform::Rows { start, len } => raw.narrow(0, start, len)?.contiguous()?,
+                    Transform::Transpose => raw.t()?.contiguous()?,
+                };
+                Ok(t.to_dtype(self.dtype)?)
+            }
+        }
+    }
+
+    /// Weight and optional bias of a layer; the bias shape is `[out]` (`shape[0]`).
+    pub(crate) fn weight_bias(
+        &self,
+        shape: &[usize],
+        bias: bool,
+    ) -> Result<(Tensor, Option<Tensor>), ModelError> {
+        let w = self.get(shape, "weight")?;
+        let b = if bias {
+            Some(self.get(&shape[..1], "bias")?)
+        } else {
+            None
+        };
+        Ok((w, b))
+    }
+
+    fn stored_info(&self, name: &str, key: &str) -> Result<(String, Vec<usize>), ModelError> {
+        let missing = || ModelError::MissingTensor {
+            name: name.to_string(),
+            stored: key.to_string(),
+        };
+        match self.store.as_ref() {
+            Store::Meta(tensors) => tensors.get(key).cloned().ok_or_else(missing),
+            Store::Mmap(st) => {
+                let view = st.get(key).map_err(|_| missing())?;
+                Ok((format!("{:?}", view.dtype()), view.shape().to_vec()))
+            }
+        }
+    }
+
+    fn mark_consumed(&self, key: &str) {
+        // A poisoned lock only means another loader thread panicked; the set is still usable.
+        let mut set = self.consumed.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(key.to_string());
+    }
+
+    /// Stored keys under a component prefix that were neither loaded nor deliberately ignored.
+    pub(crate) fn unconsumed<'a>(&self, stored_keys: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let set = self.consumed.lock().unwrap_or_else(|e| e.into_inner());
+        stored_keys
+            .into_iter()
+            .filter(|k| self.map.is_component_key(k) && !self.map.is_ignored(k) && !set.contains(*k))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every stored key of the file (for the unconsumed-key warning).
+    pub(crate) fn stored_keys(&self) -> Vec<String> {
+        match self.store.as_ref() {
+            Store::Meta(tensors) => tensors.keys().cloned().collect(),
+            Store::Mmap(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Weights {
+    /// Every mapped tensor under `root` (e.g. `unet.`), keyed by its diffusers name without the
+    /// root: a diffusers-named copy of one component for comparisons with other implementations.
+    pub(crate) fn materialize(
+        &self,
+        root: &str,
+    ) -> Result<std::collections::HashMap<String, Tensor>, ModelError> {
+        let mut out = std::collections::HashMap::new();
+        for (name, stored) in self.map.names() {
+            let Some(rest) = name.strip_prefix(root) else {
+                continue;
+            };
+            let (_, shape) = self.stored_info(name, &stored.key)?;
+            let shape = transformed_shape(&shape, stored.transform).unwrap_or(shape);
+            out.insert(rest.to_string(), self.get(&shape, name)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The shape a stored tensor has after its transform, or `None` when the transform cannot
+/// apply (e.g. a row slice past the end).
+fn transformed_shape(stored: &[usize], transform: Transform) -> Option<Vec<usize>> {
+    match transform {
+        Transform::None => Some(stored.to_vec()),
+        Transform::Squeeze => {
+            let keep = stored.iter().rposition(|&d| d != 1).map_or(0, |i| i + 1);
+            Some(stored[..keep.max(stored.len().min(2))].to_vec())
+        }
+        Transform::Rows { start, len } => {
+            let first = *stored.first()?;
+            (start + len <= first).then(|| {
+                let mut s = stored.to_vec();
+                s[0] = len;
+                s
+            })
+        }
+        Transform::Transpose => (stored.len() == 2).then(|| vec![stored[1], stored[0]]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squeeze_drops_only_trailing_singleton_dims_of_a_1x1_conv() {
+        assert_eq!(
+            transformed_shape(&[512, 512, 1, 1], Transform::Squeeze),
+            Some(vec![512, 512])
+        );
+        assert_eq!(
+            transformed_shape(&[512, 512], Transform::Squeeze),
+            Some(vec![512, 512])
+        );
+        assert_eq!(transformed_shape(&[512], Transform::Squeeze), Some(vec![512]));
+    }
+
+    #[test]
+    fn row_slice_past_the_end_does_not_resolve() {
+        assert_eq!(
+            transformed_shape(&[96, 32], Transform::Rows { start: 64, len: 32 }),
+            Some(vec![32, 32])
+        );
+        assert_eq!(
+            transformed_shape(&[64, 32], Transform::Rows { start: 64, len: 32 }),
+            None
+        );
+    }
+}
