@@ -35,7 +35,6 @@ mod tests;
 
 use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use sdplane_wire::checkpoint::{self, Detection};
 
@@ -84,17 +83,10 @@ impl SdModel {
         progress: crate::engine::LoadProgress<'_>,
     ) -> Result<Self, ModelError> {
         let started = std::time::Instant::now();
-        let detection = checkpoint::inspect(path)?;
-        // SAFETY: `inspect` has read the header and checked its length against the file size.
-        // The mapping is read-only and the serving process never writes checkpoint files; a
-        // file truncated by another process after this point is outside what we can guard.
-        #[allow(unsafe_code)]
-        let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| ModelError::Map {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let file = weights::MappedFile::open(path)?;
+        let detection = checkpoint::detect(&file.header)?;
         let weights = Weights::new(
-            Store::Mmap(std::sync::Arc::new(st)),
+            Store::Mmap(std::sync::Arc::new(file)),
             KeyMap::build(&detection),
             dtype,
             device.clone(),

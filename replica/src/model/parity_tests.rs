@@ -16,7 +16,7 @@ use sdplane_wire::checkpoint::synth::SynthSpec;
 
 use super::clip::{ClipTextModel, EncoderUse};
 use super::keys::KeyMap;
-use super::weights::{Store, Weights};
+use super::weights::{MappedFile, Store, Weights};
 use super::*;
 
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f32, ModelError> {
@@ -25,11 +25,8 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f32, ModelError> {
 }
 
 fn mmap_weights(path: &std::path::Path, det: &Detection) -> Result<Weights, ModelError> {
-    #[allow(unsafe_code)]
-    // SAFETY: a file this test wrote and nobody else touches.
-    let st = unsafe { MmapedSafetensors::new(path) }?;
     Ok(Weights::new(
-        Store::Mmap(std::sync::Arc::new(st)),
+        Store::Mmap(std::sync::Arc::new(MappedFile::open(path)?)),
         KeyMap::build(det),
         DType::F32,
         Device::Cpu,

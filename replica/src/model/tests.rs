@@ -11,7 +11,7 @@ use sdplane_wire::checkpoint::synth::{Init, SynthSpec, SynthTensor, synthetic_he
 use sdplane_wire::checkpoint::{Detection, Family, Header, ModelLayout, Variant, detect};
 
 use super::keys::KeyMap;
-use super::weights::{Store, Weights};
+use super::weights::{MappedFile, Store, Weights};
 use super::*;
 
 const FAMILIES: [Family; 4] = [Family::Sd1, Family::Sd2, Family::Sdxl, Family::SdxlRefiner];
@@ -431,15 +431,20 @@ fn bad_inputs_are_invalid_input_errors_not_panics() -> Result<(), ModelError> {
     let ids = time_ids(&model.detection, 1)?;
     let dev = Device::Cpu;
     let kind = |r: Result<Tensor, ModelError>| r.err().map(|e| e.kind());
-    // Wrong channel count, odd size, missing SDXL conditioning, wrong batch of time ids.
+    // Wrong channel count, empty size, missing SDXL conditioning, wrong batch of time ids.
     let three = Tensor::zeros((1, 3, 16, 16), DType::F32, &dev)?;
     assert_eq!(
         kind(model.unet_forward(&three, 1.0, &text.context, text.pooled.as_ref(), ids.as_ref())),
         Some("invalid_input")
     );
+    // Any latent size runs (the up path resizes to each skip, as diffusers does) and keeps its
+    // shape; an empty one is refused.
     let odd = Tensor::zeros((1, 4, 15, 16), DType::F32, &dev)?;
+    let out = model.unet_forward(&odd, 1.0, &text.context, text.pooled.as_ref(), ids.as_ref())?;
+    assert_eq!(out.dims(), &[1, 4, 15, 16]);
+    let empty = Tensor::zeros((1, 4, 0, 16), DType::F32, &dev)?;
     assert_eq!(
-        kind(model.unet_forward(&odd, 1.0, &text.context, text.pooled.as_ref(), ids.as_ref())),
+        kind(model.unet_forward(&empty, 1.0, &text.context, text.pooled.as_ref(), ids.as_ref())),
         Some("invalid_input")
     );
     let ok = Tensor::zeros((1, 4, 16, 16), DType::F32, &dev)?;
@@ -481,14 +486,14 @@ fn openclip_fused_projection_is_split_into_rows_and_text_projection_is_transpose
     let det = checkpoint::inspect(&path)?;
     #[allow(unsafe_code)]
     // SAFETY: a file this test wrote and nobody else touches.
-    let st = unsafe { MmapedSafetensors::new(&path) }?;
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }?;
     let raw_in = st.load(
         "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight",
         &Device::Cpu,
     )?;
     let raw_proj = st.load("conditioner.embedders.1.model.text_projection", &Device::Cpu)?;
     let weights = Weights::new(
-        Store::Mmap(std::sync::Arc::new(st)),
+        Store::Mmap(std::sync::Arc::new(MappedFile::open(&path)?)),
         KeyMap::build(&det),
         DType::F32,
         Device::Cpu,

@@ -2,7 +2,8 @@
 //! precomputed `KeyMap` to the stored LDM/SGM key, is shape-checked against the header, loaded
 //! from the memory-mapped file, transformed (squeeze, row slice, transpose) and converted to the
 //! model dtype on the model device. Nothing is converted on disk and the file is never read
-//! into one big buffer.
+//! into one big buffer: each tensor's mapped pages are released as soon as its bytes are
+//! copied, so loading peaks at the weights plus one tensor, not weights plus file.
 //!
 //! A header-only "meta" store answers the same requests with zero-stride placeholder tensors, so
 //! a full-size SDXL architecture can be built from a synthetic header in tests without
@@ -11,16 +12,64 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use sdplane_wire::checkpoint::Header;
 
 use super::error::ModelError;
 use super::keys::{KeyMap, Transform};
 
+/// A memory-mapped checkpoint and its checked header (offsets, dtypes, shapes).
+pub(crate) struct MappedFile {
+    pub(crate) map: memmap2::Mmap,
+    pub(crate) header: Header,
+}
+
+impl MappedFile {
+    /// Read and check the header, then map the file read-only.
+    pub(crate) fn open(path: &std::path::Path) -> Result<Self, ModelError> {
+        let header = Header::read(path)?;
+        let map_error = |e: std::io::Error| ModelError::Map {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let file = std::fs::File::open(path).map_err(map_error)?;
+        // SAFETY: `Header::read` has checked the header length and every tensor's range against
+        // the file size. The mapping is read-only and the serving process never writes checkpoint
+        // files; a file truncated by another process after this point is outside what we can guard.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(map_error)?;
+        Ok(Self { map, header })
+    }
+
+    /// The stored bytes of `key`; `Header::read` has checked every range against the file size.
+    fn bytes(&self, key: &str) -> Option<(std::ops::Range<usize>, &[u8])> {
+        let info = self.header.tensors.get(key)?;
+        let start = usize::try_from(self.header.data_start + info.data_offsets.0).ok()?;
+        let end = usize::try_from(self.header.data_start + info.data_offsets.1).ok()?;
+        Some((start..end, self.map.get(start..end)?))
+    }
+
+    /// Drop the pages of `range` from this process: the tensor has been copied out, and
+    /// keeping them would count the file a second time in the replica's memory.
+    fn release(&self, range: std::ops::Range<usize>) {
+        // SAFETY: the mapping is private and read-only. MADV_DONTNEED on such a mapping only
+        // discards cached pages; a later read faults the same file contents back in, so no
+        // slice into the map ever sees different bytes. The range lies inside the map.
+        #[allow(unsafe_code)]
+        let result = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "madvise(DONTNEED) failed; pages stay cached");
+        }
+    }
+}
+
 /// Where tensor bytes come from.
 pub(crate) enum Store {
     /// The memory-mapped checkpoint.
-    Mmap(Arc<MmapedSafetensors>),
+    Mmap(Arc<MappedFile>),
     /// Names, dtypes and shapes only (from a header); tensors are zero-stride placeholders.
     Meta(Arc<BTreeMap<String, (String, Vec<usize>)>>),
 }
@@ -108,8 +157,13 @@ impl Weights {
         self.mark_consumed(&stored.key);
         match self.store.as_ref() {
             Store::Meta(_) => Ok(Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?),
-            Store::Mmap(st) => {
-                let raw = st.load(&stored.key, &self.device)?;
+            Store::Mmap(file) => {
+                let (range, bytes) = file.bytes(&stored.key).ok_or_else(|| ModelError::MissingTensor {
+                    name: full.clone(),
+                    stored: stored.key.clone(),
+                })?;
+                let raw = Tensor::from_raw_buffer(bytes, candle_dtype(&dtype)?, &stored_shape, &self.device)?;
+                file.release(range);
                 let t = match stored.transform {
                     Transform::None | Transform::Squeeze => raw.reshape(shape)?,
                     Transform::Rows { start, len } => raw.narrow(0, start, len)?.contiguous()?,
@@ -142,9 +196,9 @@ impl Weights {
         };
         match self.store.as_ref() {
             Store::Meta(tensors) => tensors.get(key).cloned().ok_or_else(missing),
-            Store::Mmap(st) => {
-                let view = st.get(key).map_err(|_| missing())?;
-                Ok((format!("{:?}", view.dtype()), view.shape().to_vec()))
+            Store::Mmap(file) => {
+                let info = file.header.tensors.get(key).ok_or_else(missing)?;
+                Ok((info.dtype.clone(), info.shape.clone()))
             }
         }
     }
@@ -169,7 +223,7 @@ impl Weights {
     pub(crate) fn stored_keys(&self) -> Vec<String> {
         match self.store.as_ref() {
             Store::Meta(tensors) => tensors.keys().cloned().collect(),
-            Store::Mmap(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
+            Store::Mmap(file) => file.header.tensors.keys().cloned().collect(),
         }
     }
 }
@@ -192,6 +246,20 @@ impl Weights {
             out.insert(rest.to_string(), self.get(&shape, name)?);
         }
         Ok(out)
+    }
+}
+
+/// candle's dtype for a header dtype string (only float weights are ever loaded).
+fn candle_dtype(stored: &str) -> Result<DType, ModelError> {
+    match stored {
+        "F32" => Ok(DType::F32),
+        "F16" => Ok(DType::F16),
+        "BF16" => Ok(DType::BF16),
+        "F64" => Ok(DType::F64),
+        other => Err(ModelError::UnsupportedDtype {
+            stored: String::new(),
+            dtype: other.to_string(),
+        }),
     }
 }
 
