@@ -5,7 +5,9 @@
 # Prints one markdown table: load, text encode, mean UNet step, VAE decode, generation total,
 # process wall, peak RSS, and sdplane ÷ diffusers.
 #
-# Env: STEPS (default 2), GUIDANCE (7.5), SIZE (512), SDPLANE_BIN.
+# Env: STEPS (default 2), GUIDANCE (7.5), SIZE (512), SDPLANE_BIN,
+#      PROFILE=1 to also record `perf` of one 256×256 one-step `sdplane generate` (top symbols in
+#      bench/.out/generation/perf-top.txt).
 source "$(dirname "$0")/common.sh"
 
 STEPS="${STEPS:-2}"
@@ -62,6 +64,16 @@ import json, sys
 r = json.loads(sys.stdin.read())
 r["peak_rss_mb"], r["wall_s"] = float(sys.argv[1]), float(sys.argv[2])
 print(json.dumps(r))' "$(peak_rss "$WORK/diffusers.time")" "$(wall_s "$WORK/diffusers.time")" >>"$RESULTS"
+
+if [[ "${PROFILE:-0}" == 1 ]]; then
+  ensure_apt perf linux-perf
+  perf record -F 49 -g -o "$WORK/perf.data" -- "$SDPLANE_BIN" generate --model "$MODEL" --prompt "$PROMPT" \
+    --steps 1 --guidance "$GUIDANCE" --width 256 --height 256 --scheduler ddim --seed 42 \
+    --out "$WORK/profile.png" >"$WORK/profile.out" 2>"$WORK/perf-record.err"
+  perf report -i "$WORK/perf.data" --no-children --percent-limit 0.5 --stdio 2>/dev/null \
+    | grep -E '^ +[0-9]' | head -40 >"$WORK/perf-top.txt" || true
+  echo "bench: sdplane generate profile: $WORK/perf-top.txt" >&2
+fi
 
 python3 "$BENCH_DIR/tables.py" generation "$RESULTS" "$HEADER" \
   "bench/generation.sh (STEPS=$STEPS GUIDANCE=$GUIDANCE SIZE=$SIZE, DDIM, same init latents)" \

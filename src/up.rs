@@ -27,7 +27,12 @@ pub struct UpArgs {
     pub proxy: sdplane_router::ProxyArgs,
 }
 
-pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if !cfg!(feature = "cuda") && args.controller.replica_device == sdplane_controller::ReplicaDevice::Auto {
+        // This build's replicas cannot use a GPU: placing them on one would only fail their loads.
+        tracing::info!("built without the `cuda` feature: replicas run on CPU");
+        args.controller.replica_device = sdplane_controller::ReplicaDevice::Cpu;
+    }
     let controller_config = sdplane_controller::ControllerConfig::from_args(&args.controller)?;
     let admin = TcpListener::bind(args.controller.admin_listen)
         .await

@@ -38,6 +38,9 @@ pub struct ControllerArgs {
     /// `sdplane` binary started as `replica` by the local backend; default: this executable.
     #[arg(long, env = "SDPLANE_REPLICA_BINARY")]
     pub replica_binary: Option<PathBuf>,
+    /// Where local replicas run: `auto` puts each on a GPU when NVML finds one, `cpu` never does.
+    #[arg(long, env = "SDPLANE_REPLICA_DEVICE", value_enum, default_value_t = ReplicaDevice::Auto)]
+    pub replica_device: ReplicaDevice,
     /// Memory replicas may use on a CPU-only machine, MiB; default: RAM less a tenth.
     #[arg(long, env = "SDPLANE_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
@@ -58,6 +61,15 @@ pub struct ControllerArgs {
     pub routes_long_poll: Duration,
     #[command(flatten)]
     pub kube: KubeArgs,
+}
+
+/// Device choice for local replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplicaDevice {
+    /// A GPU per replica when NVML finds GPUs, else CPU.
+    Auto,
+    /// CPU only, whatever GPUs exist (e.g. a build without CUDA).
+    Cpu,
 }
 
 /// Validated controller settings.
@@ -111,6 +123,7 @@ impl ControllerConfig {
         };
         let mut local = LocalConfig::new(binary, state_dir.clone());
         local.memory_budget_mb = args.memory_budget_mb;
+        local.use_gpus = args.replica_device == ReplicaDevice::Auto;
         local.stop_grace = args.stop_grace;
         local.drain_grace = args.drain_grace;
         local.max_start_failures = args.max_start_failures.max(1);

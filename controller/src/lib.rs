@@ -26,7 +26,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ControllerArgs, ControllerConfig};
+pub use config::{ControllerArgs, ControllerConfig, ReplicaDevice};
 pub use error::{Error, Result};
 
 use crate::backend::Backend;

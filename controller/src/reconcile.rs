@@ -25,7 +25,9 @@ pub async fn run(registry: Registry, backend: Arc<dyn Backend>, tick: Duration, 
     }
     let wake = registry.wake();
     // Backends without change notifications are polled at the tick only.
-    let changed = backend.changes().unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
+    let changed = backend
+        .changes()
+        .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

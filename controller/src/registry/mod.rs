@@ -79,7 +79,7 @@ impl Registry {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (routes_tx, routes) = watch::channel(state.routes().clone());
         let wake = Arc::new(Notify::new());
-        tokio::spawn(run(state, store, metrics, rx, routes_tx, wake.clone()));
+        tokio::spawn(run(state, store, metrics, rx, routes_tx));
         Self { tx, routes, wake }
     }
 
@@ -165,7 +165,6 @@ async fn run(
     metrics: Metrics,
     mut rx: mpsc::Receiver<Command>,
     routes: watch::Sender<RouteTable>,
-    _wake: Arc<Notify>,
 ) {
     let mut failed: BTreeSet<String> = BTreeSet::new();
     while let Some(command) = rx.recv().await {

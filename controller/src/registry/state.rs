@@ -36,8 +36,8 @@ struct App {
     activated_at: Option<Instant>,
     /// An activation is waiting for its first replica to show up.
     waking: bool,
-    /// When the app was scaled to zero to make room for another; activity older than this
-    /// does not wake it again (only a new request does).
+    /// When the app was scaled to zero to make room for another; until an activation (a new
+    /// request) clears it, router activity reports do not wake the app.
     evicted_at: Option<Instant>,
     obs: AppObservation,
     desired: u32,
@@ -297,12 +297,12 @@ impl RegistryState {
             };
             let idle = Duration::try_from_secs_f64(load.idle_seconds.max(0.0)).unwrap_or(Duration::MAX);
             let seen = now.checked_sub(idle).unwrap_or(now);
-            if load.in_flight == 0 && app.evicted_at.is_some_and(|e| seen <= e) {
-                // The request this report remembers came before the eviction.
+            if app.evicted_at.is_some() {
+                // Reports about an evicted app describe requests from before the eviction (or
+                // ones finishing on its draining replica); only a new request, which reaches the
+                // controller as an activation, wakes it again. Comparing report times with the
+                // eviction instant instead would race with the report's own delay.
                 continue;
-            }
-            if load.in_flight > 0 {
-                app.evicted_at = None;
             }
             // Several routers may report; the latest activity anywhere wins.
             if load.in_flight > 0 || app.last_activity.is_none_or(|t| seen > t) {

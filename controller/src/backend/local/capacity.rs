@@ -40,10 +40,15 @@ pub enum Fit {
 }
 
 impl Capacity {
-    /// GPUs when NVML initialises and sees at least one, otherwise the memory budget
+    /// GPUs when allowed and NVML initialises and sees at least one, otherwise the memory budget
     /// (`budget_mb`, or the machine's RAM less a tenth kept for the OS and the controller).
-    pub fn detect(budget_mb: Option<u64>) -> Self {
-        match Nvml::init() {
+    pub fn detect(budget_mb: Option<u64>, use_gpus: bool) -> Self {
+        let nvml = if use_gpus {
+            Nvml::init()
+        } else {
+            Err(nvml_wrapper::error::NvmlError::Uninitialized)
+        };
+        match nvml {
             Ok(nvml) if nvml.device_count().unwrap_or(0) > 0 => {
                 tracing::info!(
                     gpus = nvml.device_count().unwrap_or(0),
@@ -52,7 +57,10 @@ impl Capacity {
                 return Self::Gpus(Box::new(nvml));
             }
             Ok(_) => tracing::info!("NVML sees no GPU; replicas share the memory budget"),
-            Err(e) => tracing::info!(reason = %e, "no NVML; replicas share the memory budget"),
+            Err(e) if use_gpus => tracing::info!(reason = %e, "no NVML; replicas share the memory budget"),
+            Err(_) => {
+                tracing::info!("GPUs not used (--replica-device cpu); replicas share the memory budget")
+            }
         }
         let budget_mb = budget_mb.unwrap_or_else(|| total_ram_mb() / 10 * 9);
         tracing::info!(budget_mb, "replica memory budget");

@@ -36,6 +36,8 @@ pub struct LocalConfig {
     pub state_dir: PathBuf,
     /// CPU-only memory budget in MiB; `None` = the machine's RAM less a tenth.
     pub memory_budget_mb: Option<u64>,
+    /// Place replicas on GPUs (`--device cuda:0` under `CUDA_VISIBLE_DEVICES`) when NVML finds any.
+    pub use_gpus: bool,
     /// SIGTERM → SIGKILL grace.
     pub stop_grace: Duration,
     /// Longest wait for a draining replica's in-flight requests to finish.
@@ -60,6 +62,7 @@ impl LocalConfig {
             binary,
             state_dir,
             memory_budget_mb: None,
+            use_gpus: true,
             stop_grace: Duration::from_secs(10),
             drain_grace: Duration::from_secs(60),
             route_propagation: Duration::from_secs(1),
@@ -147,7 +150,7 @@ pub(crate) enum Ended {
 impl LocalBackend {
     /// Start the backend: detect capacity and adopt the replicas a previous run left running.
     pub async fn start(config: LocalConfig) -> Result<Self, BackendError> {
-        let capacity = Capacity::detect(config.memory_budget_mb);
+        let capacity = Capacity::detect(config.memory_budget_mb, config.use_gpus);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()

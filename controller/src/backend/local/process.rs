@@ -139,7 +139,10 @@ pub async fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     // Replica stderr is kept as failure reasons: plain text, no colour escapes.
     cmd.env("NO_COLOR", "1");
     if let Some(gpu) = spec.gpu {
-        cmd.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
+        // The one visible GPU is device 0 inside the replica.
+        cmd.env("CUDA_VISIBLE_DEVICES", gpu.to_string())
+            .arg("--device")
+            .arg("cuda:0");
     }
     let mut child = cmd.spawn().map_err(|source| SpawnError::Spawn {
         binary: spec.binary.clone(),
