@@ -47,7 +47,8 @@ done < <(find models -name '*.safetensors' | sort)
 
 if [ -n "$first_app" ]; then
   url="http://$listen/$first_app/v1/generate"
-  body='{"prompt": "a lighthouse at dawn", "num_inference_steps": 4, "seed": 42}'
+  # 256² keeps the tiny demo model quick on a laptop CPU; real models default to their native size.
+  body='{"prompt": "a lighthouse at dawn", "num_inference_steps": 4, "width": 256, "height": 256, "seed": 42}'
   echo "==> POST $url (the app is scaled to zero, so the first answer is 202)"
   curl -sS -i -X POST "$url" -H 'content-type: application/json' -d "$body" | sed -n '1p;/^[Rr]etry-[Aa]fter/p;$p'
   echo "==> retrying with Prefer: wait=600 (held until the model is loaded)"
