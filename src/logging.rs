@@ -29,7 +29,11 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
         .log_internal_errors(false);
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
 }

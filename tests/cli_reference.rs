@@ -5,7 +5,15 @@
 use std::path::Path;
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 7] = ["up", "router", "controller", "replica", "models", "generate", "make-test-model"];
+const SUBCOMMANDS: [&str; 7] = [
+    "up",
+    "router",
+    "controller",
+    "replica",
+    "models",
+    "generate",
+    "make-test-model",
+];
 
 fn help(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sdplane"))
@@ -50,13 +58,20 @@ fn docs_cli_reference_matches_the_binary_help() {
 
 #[test]
 fn every_flag_in_the_readme_configuration_table_exists() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
     let all_help: String = SUBCOMMANDS.iter().map(|s| help(&[s])).collect();
-    let table = readme.split("## Configuration").nth(1).expect("README has a Configuration section");
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .expect("README has a Configuration section");
     let table = table.split("\n## ").next().unwrap_or(table);
     for line in table.lines().filter(|l| l.starts_with("| `--")) {
         for flag in line.split('`').filter(|t| t.starts_with("--")) {
-            assert!(all_help.contains(&format!("{flag} ")), "README documents {flag}, which no subcommand has");
+            assert!(
+                all_help.contains(&format!("{flag} ")),
+                "README documents {flag}, which no subcommand has"
+            );
         }
     }
 }

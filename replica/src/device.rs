@@ -39,7 +39,9 @@ impl DeviceChoice {
     pub fn open(self) -> Result<candle_core::Device, String> {
         match self {
             Self::Cpu => Ok(candle_core::Device::Cpu),
-            Self::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| format!("cannot open cuda:{n}: {e}")),
+            Self::Cuda(n) => {
+                candle_core::Device::new_cuda(n).map_err(|e| format!("cannot open cuda:{n}: {e}"))
+            }
         }
     }
 

@@ -4,7 +4,9 @@
 
 mod golden_common;
 
-use golden_common::{assert_odd_size_ddim_matches, assert_close, golden, max_pixel_error, summary, tiny_model};
+use golden_common::{
+    assert_close, assert_odd_size_ddim_matches, golden, max_pixel_error, summary, tiny_model,
+};
 use sdplane_replica::device::DTypeChoice;
 use sdplane_replica::engine::{GenerationParams, StepControl};
 use sdplane_replica::pipeline::CandleGenerator;

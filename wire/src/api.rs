@@ -61,8 +61,13 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 5] =
-        [Self::Ddim, Self::Euler, Self::EulerA, Self::Dpmpp2m, Self::Dpmpp2mKarras];
+    pub const ALL: [SchedulerKind; 5] = [
+        Self::Ddim,
+        Self::Euler,
+        Self::EulerA,
+        Self::Dpmpp2m,
+        Self::Dpmpp2mKarras,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,10 +83,9 @@ impl SchedulerKind {
 impl std::str::FromStr for SchedulerKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown scheduler {s:?}; one of ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras"))
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            format!("unknown scheduler {s:?}; one of ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras")
+        })
     }
 }
 

@@ -34,7 +34,9 @@ pub fn is_valid_app_name(name: &str) -> bool {
         && name.starts_with("sd-")
         && !name.ends_with('-')
         && !name.contains("--")
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]
@@ -43,13 +45,22 @@ mod tests {
 
     #[test]
     fn design_example_maps_to_documented_name() {
-        assert_eq!(app_name_for_file(Path::new("sd_xl_base_1.0.safetensors")), "sd-sd-xl-base-1-0");
+        assert_eq!(
+            app_name_for_file(Path::new("sd_xl_base_1.0.safetensors")),
+            "sd-sd-xl-base-1-0"
+        );
     }
 
     #[test]
     fn runs_of_odd_characters_become_one_dash_and_ends_are_trimmed() {
-        assert_eq!(app_name_for_file(Path::new("models/__My  Model!!v2__.safetensors")), "sd-my-model-v2");
-        assert_eq!(app_name_for_file(Path::new("v1-5-pruned-emaonly.safetensors")), "sd-v1-5-pruned-emaonly");
+        assert_eq!(
+            app_name_for_file(Path::new("models/__My  Model!!v2__.safetensors")),
+            "sd-my-model-v2"
+        );
+        assert_eq!(
+            app_name_for_file(Path::new("v1-5-pruned-emaonly.safetensors")),
+            "sd-v1-5-pruned-emaonly"
+        );
     }
 
     #[test]

@@ -24,7 +24,10 @@ impl ErrorBody {
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             status: "error".into(),
-            error: ErrorDetail { kind: kind.into(), message: message.into() },
+            error: ErrorDetail {
+                kind: kind.into(),
+                message: message.into(),
+            },
         }
     }
 }

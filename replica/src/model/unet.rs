@@ -236,7 +236,10 @@ impl UNet {
         if *c != l.in_channels || *b == 0 || *h == 0 || *w == 0 {
             return Err(ModelError::invalid(
                 "latents",
-                format!("shape {dims:?}: need {} channels and non-empty h, w", l.in_channels),
+                format!(
+                    "shape {dims:?}: need {} channels and non-empty h, w",
+                    l.in_channels
+                ),
             ));
         }
         match context.dims() {

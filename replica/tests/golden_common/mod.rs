@@ -128,7 +128,9 @@ pub fn assert_odd_size_ddim_matches(family: &str, test_family: TestFamily) {
     use sdplane_wire::api::SchedulerKind;
 
     let s = summary(family);
-    let [height, width] = s.odd_size.expect("golden.json has odd_size: rerun make_goldens.py");
+    let [height, width] = s
+        .odd_size
+        .expect("golden.json has odd_size: rerun make_goldens.py");
     let (_dir, path, model) = tiny_model(test_family, s.seed);
     let generator = CandleGenerator::from_model(model, &path, "cpu", DTypeChoice::F32, u64::MAX);
     let init = golden(family, "init_latents_odd")
