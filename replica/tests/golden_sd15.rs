@@ -5,10 +5,9 @@
 mod golden_common;
 
 use golden_common::{
-    assert_close, assert_odd_size_ddim_matches, golden, max_pixel_error, summary, tiny_model,
+    ImageCase, assert_close, assert_image_matches, assert_odd_size_ddim_matches, golden, summary, tiny_model,
 };
 use sdplane_replica::device::DTypeChoice;
-use sdplane_replica::engine::{GenerationParams, StepControl};
 use sdplane_replica::pipeline::CandleGenerator;
 use sdplane_replica::test_model::TestFamily;
 use sdplane_wire::api::SchedulerKind;
@@ -72,40 +71,20 @@ fn four_step_ddim_images_match_diffusers_within_2_of_255() {
     let s = summary(FAMILY);
     let (_dir, path, model) = tiny_model(TestFamily::Sd15, s.seed);
     let generator = CandleGenerator::from_model(model, &path, "cpu", DTypeChoice::F32, u64::MAX);
-    let init = golden(FAMILY, "init_latents")
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("init latents");
-    for (guidance, negative, name) in [
+    for (guidance, negative, image) in [
         (s.guidance, s.negative_prompt.as_str(), "image_ddim_cfg"),
         (0.0, "", "image_ddim_nocfg"),
     ] {
-        let params = GenerationParams {
-            prompt: s.prompt.clone(),
-            negative_prompt: negative.to_string(),
-            steps: s.steps,
-            guidance_scale: guidance,
-            width: s.size,
-            height: s.size,
-            seed: 0,
+        let case = ImageCase {
             scheduler: SchedulerKind::Ddim,
-            num_images: 1,
-            init_image: None,
-            strength: 1.0,
-            init_latents: Some(init.clone()),
+            guidance,
+            negative_prompt: negative,
+            height: s.size,
+            width: s.size,
+            init_latents: "init_latents",
+            image,
         };
-        let mut steps_seen = 0;
-        let (out, _) = generator
-            .generate_timed(&params, &mut |done, total| {
-                steps_seen = done;
-                assert_eq!(total, s.steps);
-                StepControl::Continue
-            })
-            .expect("generate");
-        assert_eq!(steps_seen, s.steps);
-        let err = max_pixel_error(&out.images[0], &golden(FAMILY, name));
-        println!("{name}: max pixel error {err}/255");
-        assert!(err <= 2, "{name}: max pixel error {err}/255");
+        assert_image_matches(FAMILY, &generator, &s, &case);
     }
 }
 

@@ -8,10 +8,9 @@ mod golden_common;
 
 use candle_core::{Device, Tensor};
 use golden_common::{
-    assert_close, assert_odd_size_ddim_matches, golden, max_pixel_error, summary, tiny_model,
+    ImageCase, assert_close, assert_image_matches, assert_odd_size_ddim_matches, golden, summary, tiny_model,
 };
 use sdplane_replica::device::DTypeChoice;
-use sdplane_replica::engine::{GenerationParams, StepControl};
 use sdplane_replica::pipeline::CandleGenerator;
 use sdplane_replica::test_model::TestFamily;
 use sdplane_wire::api::SchedulerKind;
@@ -102,10 +101,6 @@ fn four_step_ddim_and_euler_images_match_diffusers_within_2_of_255() {
     let s = summary(FAMILY);
     let (_dir, path, model) = tiny_model(TestFamily::Sdxl, s.seed);
     let generator = CandleGenerator::from_model(model, &path, "cpu", DTypeChoice::F32, u64::MAX);
-    let init = golden(FAMILY, "init_latents")
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("init latents");
     for (scheduler, tag) in [(SchedulerKind::Ddim, "ddim"), (SchedulerKind::Euler, "euler")] {
         let cases = [
             (s.guidance, s.negative_prompt.as_str(), "cfg"),
@@ -113,28 +108,18 @@ fn four_step_ddim_and_euler_images_match_diffusers_within_2_of_255() {
             // No negative prompt with guidance: diffusers conditions the uncond rows on zeros.
             (s.guidance, "", "cfg_empty_negative"),
         ];
-        for (guidance, negative, case) in cases {
-            let params = GenerationParams {
-                prompt: s.prompt.clone(),
-                negative_prompt: negative.to_string(),
-                steps: s.steps,
-                guidance_scale: guidance,
-                width: s.size,
-                height: s.size,
-                seed: 0,
+        for (guidance, negative, which) in cases {
+            let image = format!("image_{tag}_{which}");
+            let case = ImageCase {
                 scheduler,
-                num_images: 1,
-                init_image: None,
-                strength: 1.0,
-                init_latents: Some(init.clone()),
+                guidance,
+                negative_prompt: negative,
+                height: s.size,
+                width: s.size,
+                init_latents: "init_latents",
+                image: &image,
             };
-            let (out, _) = generator
-                .generate_timed(&params, &mut |_, _| StepControl::Continue)
-                .expect("generate");
-            let name = format!("image_{tag}_{case}");
-            let err = max_pixel_error(&out.images[0], &golden(FAMILY, &name));
-            println!("{name}: max pixel error {err}/255");
-            assert!(err <= 2, "{name}: max pixel error {err}/255");
+            assert_image_matches(FAMILY, &generator, &s, &case);
         }
     }
 }

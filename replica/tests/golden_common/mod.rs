@@ -119,13 +119,67 @@ pub fn max_pixel_error(ours: &image::RgbImage, theirs: &Tensor) -> u8 {
         .unwrap_or(0)
 }
 
+/// How diffusers made one golden image: sampler, guidance, negative prompt, size, and the
+/// names of its starting latents and of the image in the golden folder.
+pub struct ImageCase<'a> {
+    pub scheduler: sdplane_wire::api::SchedulerKind,
+    pub guidance: f64,
+    pub negative_prompt: &'a str,
+    pub height: u32,
+    pub width: u32,
+    pub init_latents: &'a str,
+    pub image: &'a str,
+}
+
+/// Generate `case` from the golden starting latents and assert every step ran and the image is
+/// within 2/255 of diffusers' (printing the achieved error so it can be quoted).
+pub fn assert_image_matches(
+    family: &str,
+    generator: &sdplane_replica::pipeline::CandleGenerator,
+    s: &Summary,
+    case: &ImageCase<'_>,
+) {
+    use sdplane_replica::engine::{GenerationParams, StepControl};
+
+    let init = golden(family, case.init_latents)
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("init latents");
+    let params = GenerationParams {
+        prompt: s.prompt.clone(),
+        negative_prompt: case.negative_prompt.to_string(),
+        steps: s.steps,
+        guidance_scale: case.guidance,
+        width: case.width,
+        height: case.height,
+        seed: 0,
+        scheduler: case.scheduler,
+        num_images: 1,
+        init_image: None,
+        strength: 1.0,
+        init_latents: Some(init),
+    };
+    let mut steps_seen = 0;
+    let (out, _) = generator
+        .generate_timed(&params, &mut |done, total| {
+            steps_seen = done;
+            assert_eq!(total, s.steps);
+            StepControl::Continue
+        })
+        .expect("generate");
+    assert_eq!(steps_seen, s.steps, "{}: every step reports progress", case.image);
+    let image = &out.images[0];
+    assert_eq!((image.width(), image.height()), (case.width, case.height));
+    let err = max_pixel_error(image, &golden(family, case.image));
+    println!("{family} {}: max pixel error {err}/255", case.image);
+    assert!(err <= 2, "{family} {}: max pixel error {err}/255", case.image);
+}
+
 /// A guided 4-step DDIM generation at the golden's odd size (e.g. 72×40 px, a 9×5 latent that
 /// the tiny UNet's strided convs cannot halve evenly) against diffusers' image for it.
 pub fn assert_odd_size_ddim_matches(family: &str, test_family: TestFamily) {
     use sdplane_replica::device::DTypeChoice;
-    use sdplane_replica::engine::{GenerationParams, StepControl};
     use sdplane_replica::pipeline::CandleGenerator;
-    use sdplane_wire::api::SchedulerKind;
 
     let s = summary(family);
     let [height, width] = s
@@ -133,29 +187,14 @@ pub fn assert_odd_size_ddim_matches(family: &str, test_family: TestFamily) {
         .expect("golden.json has odd_size: rerun make_goldens.py");
     let (_dir, path, model) = tiny_model(test_family, s.seed);
     let generator = CandleGenerator::from_model(model, &path, "cpu", DTypeChoice::F32, u64::MAX);
-    let init = golden(family, "init_latents_odd")
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("odd init latents");
-    let params = GenerationParams {
-        prompt: s.prompt.clone(),
-        negative_prompt: s.negative_prompt.clone(),
-        steps: s.steps,
-        guidance_scale: s.guidance,
-        width,
+    let case = ImageCase {
+        scheduler: sdplane_wire::api::SchedulerKind::Ddim,
+        guidance: s.guidance,
+        negative_prompt: &s.negative_prompt,
         height,
-        seed: 0,
-        scheduler: SchedulerKind::Ddim,
-        num_images: 1,
-        init_image: None,
-        strength: 1.0,
-        init_latents: Some(init),
+        width,
+        init_latents: "init_latents_odd",
+        image: "image_ddim_cfg_odd",
     };
-    let (out, _) = generator
-        .generate_timed(&params, &mut |_, _| StepControl::Continue)
-        .expect("generate at the odd size");
-    assert_eq!((out.images[0].width(), out.images[0].height()), (width, height));
-    let err = max_pixel_error(&out.images[0], &golden(family, "image_ddim_cfg_odd"));
-    println!("{family} {width}x{height}: max pixel error {err}/255");
-    assert!(err <= 2, "{family} {width}x{height}: max pixel error {err}/255");
+    assert_image_matches(family, &generator, &s, &case);
 }

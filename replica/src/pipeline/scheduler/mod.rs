@@ -37,11 +37,17 @@ pub trait Scheduler: Send {
     /// Timesteps handed to the UNet, one per step, highest first.
     fn timesteps(&self) -> &[f64];
 
-    /// Standard deviation the starting noise is scaled to (diffusers `init_noise_sigma`).
-    fn init_noise_sigma(&self) -> f64;
+    /// Standard deviation the starting noise is scaled to (diffusers `init_noise_sigma`); 1 for
+    /// samplers that work in the variance-preserving parametrisation (DDIM, DPM-Solver++).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// The UNet input at step `index` (k-diffusion samplers divide by `√(σ² + 1)`).
-    fn scale_model_input(&self, sample: &Tensor, index: usize) -> candle_core::Result<Tensor>;
+    /// The UNet input at step `index`: unchanged by default; k-diffusion samplers (Euler)
+    /// divide by `√(σ² + 1)`.
+    fn scale_model_input(&self, sample: &Tensor, _index: usize) -> candle_core::Result<Tensor> {
+        Ok(sample.clone())
+    }
 
     /// The sample after step `index`, given the UNet output (after guidance) at that step.
     fn step(
