@@ -42,6 +42,9 @@ pub enum Error {
     State(#[from] crate::state_file::StateFileError),
     #[error("backend error: {0}")]
     Backend(#[from] crate::backend::BackendError),
+    /// A call to the Kubernetes API (SDApps in Kubernetes mode) failed or was refused.
+    #[error("{0}")]
+    Kube(#[from] crate::kube::Error),
     #[error("{0}")]
     Config(String),
     #[error("cannot bind {addr}: {source}")]
@@ -67,6 +70,7 @@ impl Error {
             Self::Unavailable => "unavailable",
             Self::State(_) => "state_file",
             Self::Backend(e) => e.kind(),
+            Self::Kube(e) => e.kind(),
             Self::Config(_) => "config",
             Self::Bind { .. } => "bind",
             Self::Serve(_) => "serve",
@@ -82,10 +86,26 @@ impl Error {
             Self::UnsupportedModel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Kube(e) => kube_status(e),
             Self::State(_) | Self::Backend(_) | Self::Config(_) | Self::Bind { .. } | Self::Serve(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
+    }
+}
+
+/// Kubernetes errors as admin-API answers: the caller's mistakes are 4xx, the API server's
+/// refusals 502 (it answered, with an error), an unreachable API server 503.
+fn kube_status(e: &crate::kube::Error) -> StatusCode {
+    use crate::kube::Error as K;
+    match e {
+        K::InvalidSpec(_) | K::InvalidName(_) => StatusCode::BAD_REQUEST,
+        K::NotFound(_) | K::NoSdApp(_) => StatusCode::NOT_FOUND,
+        K::AlreadyExists(_) => StatusCode::CONFLICT,
+        K::NotLeader => StatusCode::SERVICE_UNAVAILABLE,
+        K::Api(::kube::Error::Api(_)) | K::MissingField(_) => StatusCode::BAD_GATEWAY,
+        K::Api(_) => StatusCode::SERVICE_UNAVAILABLE,
+        K::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -135,6 +155,14 @@ mod tests {
                 422,
             ),
             (Error::Unauthorized, 401),
+            (Error::Kube(crate::kube::Error::InvalidSpec("x".into())), 400),
+            (Error::Kube(crate::kube::Error::NotFound("sd-x".into())), 404),
+            (Error::Kube(crate::kube::Error::AlreadyExists("sd-x".into())), 409),
+            (Error::Kube(crate::kube::Error::NotLeader), 503),
+            (
+                Error::Kube(crate::kube::Error::MissingField("metadata.name")),
+                502,
+            ),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");

@@ -6,6 +6,7 @@
 //! - `autoscaler`: the pure decision "how many replicas should this app have".
 //! - `reconcile`: the loop that applies decisions through a `backend` and reports back.
 //! - `backend`: the `Backend` trait; `backend::local` (child processes) and `kube`.
+//! - `source`: where apps are declared per mode (the registry, or SDApps in Kubernetes mode).
 //! - `api`: HTTP handlers; `models`: the models directory; `metrics`; `cold_start`; `error`.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod models;
 pub mod reconcile;
 pub mod registry;
+pub mod source;
 mod state_file;
 
 use std::sync::Arc;
@@ -28,10 +30,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ControllerArgs, ControllerConfig, ReplicaDevice};
 pub use error::{Error, Result};
+pub use source::AppSource;
 
-use crate::backend::Backend;
 use crate::backend::local::LocalBackend;
 use crate::kube::BackendKind;
+use crate::kube::sync::SdAppSync;
 use crate::registry::Registry;
 use crate::registry::state::{Policy, RegistryState};
 use crate::registry::store::Store;
@@ -59,6 +62,32 @@ pub async fn serve(
     prometheus: prometheus::Registry,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    // Background work stops after the HTTP server has drained.
+    let tasks = CancellationToken::new();
+    let source = match config.backend {
+        BackendKind::Local => AppSource::Local(Arc::new(LocalBackend::start(config.local.clone()).await?)),
+        BackendKind::Kubernetes => AppSource::Kubernetes(
+            kube::start(&config.kube, tasks.clone())
+                .await
+                .map_err(|e| Error::Config(format!("kubernetes backend: {e}")))?,
+        ),
+    };
+    serve_with(config, listener, prometheus, source, tasks, shutdown).await
+}
+
+/// [`serve`] with a backend already started (tests build a Kubernetes one over a mock API
+/// server). `tasks` is cancelled once the HTTP server has drained; the backend's background
+/// work should stop with it. In Kubernetes mode the registry mirrors the SDApps, and the
+/// reconcile loop starts only after the first mirror, so it never acts on a registry that has
+/// not yet seen the cluster's apps.
+pub async fn serve_with(
+    config: ControllerConfig,
+    listener: TcpListener,
+    prometheus: prometheus::Registry,
+    source: AppSource,
+    tasks: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let metrics = metrics::Metrics::new(&prometheus).map_err(|e| Error::Config(format!("metrics: {e}")))?;
     let store = Store::new(&config.state_dir);
     let file = store.load()?;
@@ -74,23 +103,33 @@ pub async fn serve(
         scale_down_window: config.scale_down_window,
     };
     let registry = Registry::spawn(RegistryState::new(policy, file), store, metrics.clone());
-    // Background work stops after the HTTP server has drained.
-    let tasks = CancellationToken::new();
-    let backend: Arc<dyn Backend> = match config.backend {
-        BackendKind::Local => Arc::new(LocalBackend::start(config.local.clone()).await?),
-        BackendKind::Kubernetes => kube::start(&config.kube, tasks.clone())
-            .await
-            .map_err(|e| Error::Config(format!("kubernetes backend: {e}")))?,
-    };
+    let backend = source.backend();
     tracing::info!(backend = backend.name(), "backend ready");
-    let reconciler = tokio::spawn(reconcile::run(
+    let reconcile = reconcile::run(
         registry.clone(),
         backend.clone(),
         config.reconcile_interval,
         tasks.clone(),
-    ));
+    );
+    let reconciler = match &source {
+        AppSource::Local(_) => tokio::spawn(reconcile),
+        AppSource::Kubernetes(kube) => {
+            let sync =
+                SdAppSync::new(kube.clone(), registry.clone(), config.models.root().to_path_buf()).await?;
+            let (synced, first) = tokio::sync::oneshot::channel();
+            tokio::spawn(sync.run(synced, tasks.clone()));
+            let tasks = tasks.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    first = first => if first.is_ok() { reconcile.await },
+                    () = tasks.cancelled() => {}
+                }
+            })
+        }
+    };
     let state = Arc::new(api::ApiState {
         registry,
+        source,
         models: config.models.clone(),
         metrics,
         prometheus,

@@ -1,6 +1,6 @@
 //! The Kubernetes `Backend` against a mock API server: scaling is a server-side apply of the
 //! Deployment's `spec.replicas` (leader only), observation comes from EndpointSlice and SDApp
-//! reflector stores, removal deletes the SDApp.
+//! reflector stores, removal only forgets the scale target (the SDApp is the source of truth).
 
 mod kube_support;
 
@@ -214,34 +214,31 @@ mod kube_backend {
     }
 
     #[tokio::test]
-    async fn remove_deletes_the_sdapp_in_the_foreground_and_tolerates_absence() {
-        let (backend, mut api) = backend(true, vec![], vec![]);
+    async fn remove_forgets_the_scale_target_and_never_deletes_the_sdapp() {
+        let (backend, mut api) = backend(true, vec![], vec![examples::sdxl_app("ml")]);
         let scenario = async move {
-            let del = api
-                .expect(
-                    Method::DELETE,
-                    SDAPP,
-                    reply(
-                        StatusCode::OK,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-                    ),
-                )
-                .await;
-            assert_eq!(del.body["propagationPolicy"], "Foreground");
-            api.expect(
-                Method::DELETE,
-                SDAPP,
-                reply(StatusCode::NOT_FOUND, status_error(404, "NotFound")),
-            )
-            .await;
+            for series in [None, Some(2)] {
+                let d = api.expect(Method::PATCH, DEPLOY, echo).await;
+                assert_eq!(d.body["spec"]["replicas"], 1);
+                api.expect(Method::PATCH, SERVICE, echo).await;
+                match series {
+                    None => drop(api.expect(Method::POST, EVENTS, echo).await),
+                    // The same event again: the recorder bumps the first one's series.
+                    Some(count) => {
+                        let e = api.expect_under(Method::PATCH, EVENTS, echo).await;
+                        assert_eq!(e.body["series"]["count"], count);
+                    }
+                }
+            }
+            // No DELETE of the SDApp: it is the source of truth in Kubernetes mode.
+            api.expect_silence(Duration::from_millis(100)).await;
         };
-        let both = async {
-            backend.remove("sd-sd-xl-base-1-0").await.expect("first delete");
-            backend
-                .remove("sd-sd-xl-base-1-0")
-                .await
-                .expect("already gone is fine");
+        let calls = async {
+            backend.ensure(&deployment(), 1).await.expect("scale");
+            backend.remove("sd-sd-xl-base-1-0").await.expect("remove");
+            // The target was forgotten, so the same wish is applied again.
+            backend.ensure(&deployment(), 1).await.expect("scale again");
         };
-        run_scenario(both, scenario).await;
+        run_scenario(calls, scenario).await;
     }
 }

@@ -1,6 +1,7 @@
 //! The admin API (`deploy_sd.sh` and people): model files, and apps deployed from them.
 //! `POST /v1/apps` answers 201 for a new app and 200 when the same file was already deployed
-//! (the spec is updated and a failed state cleared).
+//! (the spec is updated and a failed state cleared). In Kubernetes mode both write `SDApp`
+//! objects (see `crate::source`).
 
 use std::sync::Arc;
 
@@ -48,7 +49,10 @@ pub async fn deploy(
         .await
         .map_err(|e| Error::Config(format!("model inspection task failed: {e}")))??;
     tracing::Span::current().record("app", resolved.app.as_str());
-    let (status, created) = state.registry.deploy(resolved, spec).await?;
+    let (status, created) = state
+        .source
+        .deploy(&state.registry, state.models.root(), resolved, spec)
+        .await?;
     Ok((
         if created {
             StatusCode::CREATED
@@ -104,7 +108,7 @@ pub async fn delete_app(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Deleted>> {
-    state.registry.delete(name.clone()).await?;
+    state.source.delete(&state.registry, name.clone()).await?;
     Ok(Json(Deleted {
         status: "deleted",
         app: name,

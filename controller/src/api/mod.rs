@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 use crate::metrics::Metrics;
 use crate::models::ModelsDir;
 use crate::registry::Registry;
+use crate::source::AppSource;
 
 /// Admin bodies are small JSON documents; 1 MiB leaves room and refuses abuse with 413.
 const BODY_LIMIT_BYTES: usize = 1024 * 1024;
@@ -31,6 +32,8 @@ const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// What every handler can reach.
 pub struct ApiState {
     pub registry: Registry,
+    /// Where `POST`/`DELETE /v1/apps` declare apps (the registry, or SDApps).
+    pub source: AppSource,
     pub models: ModelsDir,
     pub metrics: Metrics,
     pub prometheus: prometheus::Registry,

@@ -3,7 +3,7 @@
 //! GitOps and the admin API all declare apps the same way.
 
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use sdplane_wire::admin::AppSpec;
 use sdplane_wire::app_name::{app_name_for_file, is_valid_app_name};
 
@@ -57,6 +57,32 @@ pub async fn create_app(api: &Api<SDApp>, spec: &AppSpec) -> Result<SDApp> {
         .map_err(Error::from)
     {
         Err(e) if e.is_conflict() => Err(Error::AlreadyExists(name)),
+        other => other,
+    }
+}
+
+/// Set the admin-API fields of SDApp `name` to `spec` with a JSON merge patch. Unset optional
+/// fields are cleared (explicit `null`); fields the admin API has no say on (`resources`,
+/// `image`) keep what `kubectl apply` gave them. `NotFound` when there is no such app.
+pub async fn update_app(api: &Api<SDApp>, name: &str, spec: &AppSpec) -> Result<SDApp> {
+    let spec = sdapp_spec(spec);
+    spec.validate()?;
+    if !is_valid_app_name(name) {
+        return Err(Error::InvalidName(name.to_string()));
+    }
+    let patch = serde_json::json!({"spec": {
+        "model": spec.model,
+        "minReplicas": spec.min_replicas,
+        "maxReplicas": spec.max_replicas,
+        "idleTimeoutSeconds": spec.idle_timeout_seconds,
+        "targetConcurrency": spec.target_concurrency,
+    }});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::from)
+    {
+        Err(e) if e.is_not_found() => Err(Error::NotFound(name.to_string())),
         other => other,
     }
 }

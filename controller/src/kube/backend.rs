@@ -1,7 +1,8 @@
 //! `Backend` for Kubernetes: scaling sets an app's Deployment `spec.replicas` by server-side
 //! apply, observation reads EndpointSlices and SDApp status from reflectors, and removal deletes
-//! the SDApp (its objects follow by owner reference). Leader-gated: only the replica holding the
-//! Lease reconciles and scales, so two controllers never fight over `spec.replicas`.
+//! nothing (the SDApp is the source of truth; its objects follow it by owner reference).
+//! Leader-gated: only the replica holding the Lease reconciles and scales, so two controllers
+//! never fight over `spec.replicas`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +16,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::crd::SDApp;
@@ -33,6 +34,8 @@ pub struct KubeBackend {
     leading: watch::Receiver<bool>,
     slices: Store<EndpointSlice>,
     apps: Store<SDApp>,
+    /// Notified on every SDApp watch event (added, changed, deleted, relisted).
+    apps_changed: Arc<Notify>,
     /// When each pod was first seen, for `ReplicaObservation::started_at`.
     first_seen: Mutex<HashMap<String, SystemTime>>,
 }
@@ -51,6 +54,7 @@ impl KubeBackend {
             leading,
             slices,
             apps,
+            apps_changed: Arc::new(Notify::new()),
             first_seen: Mutex::new(HashMap::new()),
         }
     }
@@ -81,17 +85,22 @@ impl KubeBackend {
         let slices = spawn_reflector(
             Api::<EndpointSlice>::namespaced(client.clone(), &ns),
             ours,
+            None,
             &shutdown,
         );
+        let apps_changed = Arc::new(Notify::new());
         let apps = spawn_reflector(
             Api::<SDApp>::namespaced(client.clone(), &ns),
             watcher::Config::default(),
+            Some(apps_changed.clone()),
             &shutdown,
         );
 
         let ctx = Arc::new(Context::new(client, config, Arc::new(ScaleTargets::default())));
         tokio::spawn(run_while_leading(ctx.clone(), leading.clone(), shutdown));
-        Arc::new(Self::new(ctx, leading, slices, apps))
+        let mut backend = Self::new(ctx, leading, slices, apps);
+        backend.apps_changed = apps_changed;
+        Arc::new(backend)
     }
 
     /// Whether this controller replica holds the Lease (only the leader scales).
@@ -107,6 +116,18 @@ impl KubeBackend {
     /// The SDApp API of this backend's namespace, for [`apps::create_app`] and friends.
     pub fn apps_api(&self) -> Api<SDApp> {
         Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace)
+    }
+
+    /// Notified whenever the SDApp cache may have changed (see [`super::sync`]). Whoever fills
+    /// the cache without [`KubeBackend::start`] (tests) notifies it.
+    pub fn sdapps_changed(&self) -> Arc<Notify> {
+        self.apps_changed.clone()
+    }
+
+    /// Wait until the SDApp cache holds the first full list; `false` if it never will (its
+    /// watch task ended first).
+    pub async fn sdapps_ready(&self) -> bool {
+        self.apps.wait_until_ready().await.is_ok()
     }
 
     /// SDApps as the reflector last saw them (the registry in Kubernetes mode).
@@ -197,21 +218,27 @@ impl Backend for KubeBackend {
         Box::pin(async move { Ok(self.observations()) })
     }
 
+    /// Forget the app's scale target. The SDApp is the source of truth here, so nothing is
+    /// deleted: an app leaves the registry only after its SDApp is gone (the admin API's DELETE
+    /// or `kubectl delete`), and its Deployment and Service follow by owner reference. Deleting
+    /// the SDApp here would let a registry that has not yet synced a new SDApp destroy it.
     fn remove<'a>(&'a self, app: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             self.ctx.targets.remove(app);
-            match apps::delete_app(&self.apps_api(), app).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.is_not_found() => Ok(()),
-                Err(e) => Err(orchestrator(e)),
-            }
+            Ok(())
         })
     }
 }
 
 /// A reflector store of `api`'s objects, kept current by a watch task (with kube-runtime's
 /// default backoff on errors) until `shutdown`.
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, shutdown: &CancellationToken) -> Store<K>
+/// `changed` (if any) is notified after every event the store applied, deletions included.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Option<Arc<Notify>>,
+    shutdown: &CancellationToken,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -222,15 +249,21 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects();
+    let stream = reflector(writer, watcher(api, config)).default_backoff();
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        let drive = stream.for_each(|event| async move {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, kind = std::any::type_name::<K>(), "watch error; retrying with backoff");
+        let drive = stream.for_each(|event| {
+            match event {
+                Ok(_) => {
+                    if let Some(changed) = &changed {
+                        changed.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = std::any::type_name::<K>(), "watch error; retrying with backoff");
+                }
             }
+            async {}
         });
         tokio::select! {
             () = drive => {}

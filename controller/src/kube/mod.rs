@@ -5,7 +5,9 @@
 //! Entry points for the rest of the controller:
 //! - [`KubeArgs`] (flatten into the controller's args) and [`start`] → `Arc<KubeBackend>`;
 //! - [`apps::create_app`], [`apps::get_app`], [`apps::list_apps`], [`apps::delete_app`] with
-//!   [`KubeBackend::apps_api`] for the admin API.
+//!   [`KubeBackend::apps_api`] for the admin API;
+//! - [`sync`]: SDApps as the registry's source (the sync task, and the admin API's deploy and
+//!   delete in Kubernetes mode).
 
 pub mod apps;
 pub mod backend;
@@ -17,6 +19,7 @@ pub mod lease;
 pub mod objects;
 pub mod reconcile;
 pub mod status;
+pub mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;

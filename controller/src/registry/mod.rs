@@ -31,6 +31,11 @@ enum Command {
         spec: AppSpec,
         reply: oneshot::Sender<Result<(AppStatus, bool)>>,
     },
+    Upsert {
+        model: ResolvedModel,
+        spec: AppSpec,
+        reply: oneshot::Sender<Result<(AppStatus, bool)>>,
+    },
     Delete {
         name: String,
         reply: oneshot::Sender<Result<()>>,
@@ -93,6 +98,16 @@ impl Registry {
     pub async fn deploy(&self, model: ResolvedModel, spec: AppSpec) -> Result<(AppStatus, bool)> {
         let result = self.ask(|reply| Command::Deploy { model, spec, reply }).await?;
         self.wake.notify_one();
+        result
+    }
+
+    /// Make the app serve `model` with `spec` exactly (Kubernetes mode, from its SDApp); `true`
+    /// when anything changed. Wakes the reconcile loop when it did.
+    pub async fn upsert(&self, model: ResolvedModel, spec: AppSpec) -> Result<(AppStatus, bool)> {
+        let result = self.ask(|reply| Command::Upsert { model, spec, reply }).await?;
+        if matches!(result, Ok((_, true))) {
+            self.wake.notify_one();
+        }
         result
     }
 
@@ -179,6 +194,14 @@ async fn run(
                 if let Ok((status, created)) = &result {
                     failed.remove(&status.name);
                     tracing::info!(app = %status.name, model = %status.model, created, "app deployed");
+                }
+                let _ = reply.send(result);
+            }
+            Command::Upsert { model, spec, reply } => {
+                let result = state.upsert(model, spec);
+                if let Ok((status, true)) = &result {
+                    failed.remove(&status.name);
+                    tracing::info!(app = %status.name, model = %status.model, "app synced from its SDApp");
                 }
                 let _ = reply.send(result);
             }

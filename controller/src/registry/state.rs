@@ -217,6 +217,32 @@ impl RegistryState {
         Ok((status, created))
     }
 
+    /// Make `model.app` serve `model` with `spec`, whatever it served before: the Kubernetes
+    /// mode, where the SDApp is the source of truth and may change its model file. `true` when
+    /// something changed; an unchanged app keeps its generation, load and cold-start clock.
+    pub fn upsert(&mut self, model: ResolvedModel, mut spec: AppSpec) -> Result<(AppStatus, bool)> {
+        spec.model = model.model.clone();
+        let changed = match self.apps.get(&model.app) {
+            Some(app) if app.record.spec == spec && app.record.model_path == model.path => false,
+            Some(app) => {
+                if app.record.model_path != model.path {
+                    // Another file under the same name: a new app, not a redeploy.
+                    self.apps.remove(&model.app);
+                }
+                true
+            }
+            None => true,
+        };
+        if changed {
+            let (status, _created) = self.deploy(model, spec)?;
+            return Ok((status, true));
+        }
+        let status = self
+            .status(&model.app, Instant::now())
+            .ok_or(Error::AppNotFound(model.app))?;
+        Ok((status, false))
+    }
+
     /// Forget an app (the reconcile loop then removes its replicas).
     pub fn delete(&mut self, name: &str) -> Result<()> {
         self.apps

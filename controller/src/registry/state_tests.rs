@@ -310,3 +310,34 @@ fn the_route_table_version_changes_only_with_its_content() {
     r.activate("sd-x", t0).expect("activate");
     assert!(r.routes().version > v0);
 }
+
+#[test]
+fn upserting_an_unchanged_sdapp_keeps_the_app_and_a_new_file_replaces_it() {
+    let mut r = registry_with("sd-x", "x.safetensors");
+    let t0 = Instant::now();
+    r.activate("sd-x", t0).expect("activate");
+    let generation = r.file().apps[0].generation;
+    let (_, changed) = r
+        .upsert(model("sd-x", "x.safetensors"), spec("x.safetensors"))
+        .expect("upsert");
+    assert!(!changed);
+    assert_eq!(r.file().apps[0].generation, generation, "no redeploy");
+    assert_eq!(desired(&mut r, "sd-x", t0), 1, "the activation is kept");
+
+    let bigger = AppSpec {
+        max_replicas: 3,
+        ..spec("x.safetensors")
+    };
+    let (status, changed) = r.upsert(model("sd-x", "x.safetensors"), bigger).expect("upsert");
+    assert!(changed);
+    assert_eq!(status.spec.max_replicas, 3);
+
+    // The SDApp now names another file: the app is replaced, not refused as a conflict.
+    let (status, changed) = r
+        .upsert(model("sd-x", "y/x.safetensors"), spec("y/x.safetensors"))
+        .expect("upsert");
+    assert!(changed);
+    assert_eq!(status.model, "y/x.safetensors");
+    assert_eq!(r.file().apps.len(), 1);
+    assert_eq!(desired(&mut r, "sd-x", t0), 0, "a new app starts cold");
+}

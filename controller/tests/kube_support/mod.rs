@@ -44,6 +44,27 @@ impl ApiServer {
         path: &str,
         answer: impl FnOnce(&Seen) -> (StatusCode, Value),
     ) -> Seen {
+        self.expect_where(method, path, |p| p == path, answer).await
+    }
+
+    /// [`ApiServer::expect`] for a path under `prefix` (objects with generated names).
+    pub async fn expect_under(
+        &mut self,
+        method: Method,
+        prefix: &str,
+        answer: impl FnOnce(&Seen) -> (StatusCode, Value),
+    ) -> Seen {
+        self.expect_where(method, prefix, |p| p.starts_with(prefix), answer)
+            .await
+    }
+
+    async fn expect_where(
+        &mut self,
+        method: Method,
+        path: &str,
+        path_matches: impl Fn(&str) -> bool,
+        answer: impl FnOnce(&Seen) -> (StatusCode, Value),
+    ) -> Seen {
         let next = tokio::time::timeout(STEP_TIMEOUT, self.0.next_request()).await;
         let Ok(Some((request, send))) = next else {
             panic!("expected {method} {path}, but no request came");
@@ -68,10 +89,9 @@ impl ApiServer {
                 .map(str::to_string),
             body,
         };
-        assert_eq!(
-            (&seen.method, seen.path.as_str()),
-            (&method, path),
-            "unexpected request {seen:?}"
+        assert!(
+            seen.method == method && path_matches(&seen.path),
+            "expected {method} {path}, got {seen:?}"
         );
         let (status, reply) = answer(&seen);
         let response = Response::builder()
