@@ -40,6 +40,16 @@ const INHERITED_ENV: &[&str] = &[
     "CUDA_HOME",
     "CUDA_PATH",
     "NVIDIA_DRIVER_CAPABILITIES",
+    // Replica tuning, so `SDPLANE_MAX_QUEUE=4 sdplane up` reaches every replica it starts. Only
+    // names no other role reads: the controller's own SDPLANE_MEMORY_BUDGET_MB means something
+    // else (RAM for all replicas) and stays behind.
+    "SDPLANE_MAX_QUEUE",
+    "SDPLANE_MAX_CONCURRENCY",
+    "SDPLANE_REQUEST_TIMEOUT",
+    "SDPLANE_MAX_BODY_BYTES",
+    "SDPLANE_DTYPE",
+    "SDPLANE_SHUTDOWN_GRACE",
+    "SDPLANE_FAILED_EXIT_GRACE",
 ];
 
 /// What to run for one replica.
@@ -291,5 +301,27 @@ pub async fn stop_adopted(pid: u32, grace: Duration) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replica_tuning_variables_pass_through_but_the_controllers_own_budget_does_not() {
+        for key in [
+            "SDPLANE_MAX_QUEUE",
+            "SDPLANE_MAX_CONCURRENCY",
+            "SDPLANE_REQUEST_TIMEOUT",
+        ] {
+            assert!(super::INHERITED_ENV.contains(&key), "{key}");
+        }
+        for key in [
+            "SDPLANE_MEMORY_BUDGET_MB",
+            "SDPLANE_LISTEN",
+            "SDPLANE_MODEL",
+            "SDPLANE_ADMIN_TOKEN",
+        ] {
+            assert!(!super::INHERITED_ENV.contains(&key), "{key}");
+        }
     }
 }
