@@ -15,6 +15,13 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus curl >&2
 fi
 
+# Debian ships `python3 -m venv` in a separate package.
+if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then
+  echo "test-tools: installing python3 and python3-venv" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >&2
+fi
+
 venv=.venv-test
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
