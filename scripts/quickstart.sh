@@ -51,6 +51,7 @@ if [ -n "$first_app" ]; then
   body='{"prompt": "a lighthouse at dawn", "num_inference_steps": 4, "width": 256, "height": 256, "seed": 42}'
   echo "==> POST $url (the app is scaled to zero, so the first answer is 202)"
   curl -sS -i -X POST "$url" -H 'content-type: application/json' -d "$body" | sed -n '1p;/^[Rr]etry-[Aa]fter/p;$p'
+  echo
   echo "==> retrying with Prefer: wait=600 (held until the model is loaded)"
   curl -sS -X POST "$url" -H 'content-type: application/json' -H 'Prefer: wait=600' -d "$body" \
     | sed -E 's/"image":"data:image\/png;base64,[^"]{20}[^"]*"/"image":"data:image\/png;base64,…"/; s/"images":\[[^]]*\]/"images":[…]/'
