@@ -119,7 +119,7 @@ impl ControllerClient {
         }
         req.send().await.map_err(|e| ControllerError::Unreachable {
             op,
-            message: error_chain(&e),
+            message: crate::error::error_chain(&e),
         })
     }
 
@@ -132,7 +132,7 @@ impl ControllerClient {
         let response = check_status(op, self.send(op, req).await?, app).await?;
         let bytes = response.bytes().await.map_err(|e| ControllerError::Unreachable {
             op,
-            message: error_chain(&e),
+            message: crate::error::error_chain(&e),
         })?;
         serde_json::from_slice(&bytes).map_err(|e| ControllerError::Decode {
             op,
@@ -165,16 +165,4 @@ async fn check_status(
         status: status.as_u16(),
         message,
     })
-}
-
-/// `reqwest`'s top-level message hides the cause ("error sending request"); include the chain.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -125,6 +125,19 @@ impl IntoResponse for Error {
     }
 }
 
+/// An error with its whole `source()` chain: HTTP clients' top-level messages hide the cause
+/// ("error sending request", "connection error"), which is what logs and error bodies need.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

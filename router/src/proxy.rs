@@ -145,7 +145,7 @@ pub fn upstream_kind(e: &Error) -> Option<UpstreamErrorKind> {
 
 /// Sort a client failure by cause.
 fn classify(app: &str, e: &hyper_util::client::legacy::Error) -> Error {
-    let message = chain(e);
+    let message = crate::error::error_chain(e);
     if e.is_connect() {
         return Error::UpstreamConnect {
             app: app.to_string(),
@@ -166,17 +166,6 @@ fn classify(app: &str, e: &hyper_util::client::legacy::Error) -> Error {
         app: app.to_string(),
         message,
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
