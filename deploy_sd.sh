@@ -23,7 +23,7 @@ usage() {
     cat <<EOF
 Usage:
   $PROG --list                       list model files (family, size, deployed app, state)
-  $PROG FILE [--wait] [--timeout S]  deploy FILE from the models folder and print its URL
+  $PROG FILE [--wait] [--timeout S]  deploy FILE (or diffusers folder) from the models folder, print its URL
         [--min-replicas N] [--max-replicas N] [--idle-timeout S]
   $PROG --status                     list deployed apps and their state
   $PROG --delete APP                 delete APP and stop its replicas
@@ -140,7 +140,7 @@ cmd_list() {
         fi
     done < <(json_objects "$BODY" models)
     if [ "$found" = 0 ]; then
-        echo "(no .safetensors files in $(json_get "$BODY" models_dir))"
+        echo "(no .safetensors files or diffusers folders in $(json_get "$BODY" models_dir))"
     fi
 }
 

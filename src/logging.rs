@@ -23,9 +23,12 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A replica whose controller died (and is later adopted by a new one) has a closed stderr
     // pipe: a failed log write must be dropped, not reported with `eprintln!`, which panics.
+    // Colour codes only for a person at a terminal: supervisors, files and `kubectl logs`
+    // get plain text (and the router spends no time formatting escape codes).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false);
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),

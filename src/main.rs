@@ -55,7 +55,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Generate(args) => sdplane_replica::pipeline::generate_cli::run(args),
         Command::MakeTestModel(args) => sdplane_replica::test_model::run(args),
         Command::Up(args) => serve(|t| up::run(args, t)),
-        Command::Router(args) => serve(|t| sdplane_router::run(args, t)),
+        Command::Router(args) => {
+            let runtime = args.runtime()?;
+            runtime.block_on(async move { sdplane_router::run(args, shutdown::token()).await })
+        }
         Command::Controller(args) => serve(|t| sdplane_controller::run(args, t)),
         Command::Replica(args) => serve(|t| sdplane_replica::server::run(args, t)),
     }

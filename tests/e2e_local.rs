@@ -512,3 +512,61 @@ async fn when_memory_is_short_the_least_recently_used_idle_app_is_scaled_to_zero
         "a graceful stop of up stops its replicas"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_diffusers_folder_is_listed_as_one_model_deployed_by_name_and_generates_through_the_router() {
+    let w = World::new().await;
+    let folder = w.models.join("my-model");
+    let status = tokio::process::Command::new(common::bin())
+        .args([
+            "make-test-model",
+            "--family",
+            "sd15",
+            "--layout",
+            "diffusers",
+            "--out",
+        ])
+        .arg(&folder)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("run make-test-model");
+    assert!(
+        status.success(),
+        "make-test-model --layout diffusers failed: {status}"
+    );
+    let mut up = w.up("30s").await;
+
+    let (code, out, err) = deploy_sd(&up, &["--list"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let row = out.lines().find(|l| l.contains("my-model")).unwrap_or_default();
+    assert!(row.contains("SD 1.x") && row.contains("not deployed"), "{out}");
+    assert!(!out.contains("my-model/unet"), "the folder is one model: {out}");
+
+    let (code, out, err) = deploy_sd(&up, &["my-model"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{}/sd-my-model/v1/generate", up.router)),
+        "{out}"
+    );
+    let response = w
+        .http
+        .post(format!("{}/sd-my-model/v1/generate", up.router))
+        .header("Prefer", "wait=120")
+        .json(&tiny_request(2))
+        .send()
+        .await
+        .expect("generate");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("200 body");
+    assert_eq!(body["status"], "success", "{body}");
+    let (code, _, err) = deploy_sd(&up, &["--delete", "sd-my-model"]).await;
+    assert_eq!(code, 0, "{err}");
+    wait_for(
+        "the folder app's replica to stop",
+        Duration::from_secs(60),
+        || async { replica_pids(&folder).is_empty().then_some(()) },
+    )
+    .await;
+    up.stop().await;
+}

@@ -420,3 +420,92 @@ async fn replica_binary_survives_an_openapi_fuzz_run_without_server_errors() {
     assert!(out.status.success(), "schemathesis found problems:\n{log}");
     assert!(replica.terminate().success());
 }
+
+/// `img` as the base64 PNG a client sends.
+fn png_base64(img: image::RgbImage) -> String {
+    use base64::Engine as _;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .expect("encode png");
+    base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+}
+
+#[tokio::test]
+async fn replica_binary_inpaints_with_a_mask_and_refuses_masks_for_other_models() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inpaint_model = dir.path().join("tiny-sd15-inpainting.safetensors");
+    let status = Command::new(BIN)
+        .args(["make-test-model", "--family", "sd15", "--inpaint", "--out"])
+        .arg(&inpaint_model)
+        .status()
+        .expect("run make-test-model");
+    assert!(status.success(), "make-test-model --inpaint failed");
+    let replica = ReplicaProcess::spawn(&inpaint_model, &[]);
+    replica.wait_ready().await;
+    let models: Value = replica
+        .http
+        .get(replica.url("/v1/models"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(models["inpainting"], true, "{models}");
+    assert!(
+        models["family_label"]
+            .as_str()
+            .expect("label")
+            .contains("inpainting"),
+        "{models}"
+    );
+    let side = models["limits"]["min_side"].as_u64().expect("min_side") as u32;
+
+    // Left half kept, right half repainted.
+    let source = image::RgbImage::from_fn(side, side, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 90]));
+    let mask = image::RgbImage::from_fn(side, side, |x, _| {
+        image::Rgb(if x >= side / 2 { [255; 3] } else { [0; 3] })
+    });
+    let request = json!({
+        "prompt": "a red door",
+        "num_inference_steps": 2,
+        "width": side,
+        "height": side,
+        "seed": 3,
+        "init_image": png_base64(source),
+        "mask_image": png_base64(mask),
+    });
+    let response = replica.post(request.clone()).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(
+        body["parameters"]["strength"], 1.0,
+        "inpainting defaults to full strength: {body}"
+    );
+    assert!(
+        body["image"]
+            .as_str()
+            .expect("image")
+            .starts_with("data:image/png;base64,")
+    );
+    assert_eq!(body["compute_metrics"]["denoising_steps"], 2);
+    // A mask without the picture to paint into is the client's mistake.
+    let mut no_source = request.clone();
+    no_source.as_object_mut().expect("object").remove("init_image");
+    let (status, kind, message, _) = error_of(replica.post(no_source).await).await;
+    assert_eq!((status, kind.as_str()), (400, "invalid_parameter"), "{message}");
+    assert!(message.contains("init_image"), "{message}");
+    assert_eq!(replica.terminate().code(), Some(0));
+
+    // The same request to a model that does not inpaint names the field.
+    let base = ReplicaProcess::spawn(&tiny_model(dir.path()), &[]);
+    base.wait_ready().await;
+    let (status, kind, message, _) = error_of(base.post(request).await).await;
+    assert_eq!((status, kind.as_str()), (400, "invalid_parameter"), "{message}");
+    assert!(
+        message.contains("mask_image") && message.contains("inpainting"),
+        "{message}"
+    );
+    assert_eq!(base.terminate().code(), Some(0));
+}

@@ -71,9 +71,10 @@ impl ModelsDir {
         };
         // Symlinks are followed by canonicalize; where they lead must still be inside.
         let relative = canonical.strip_prefix(&self.root).map_err(|_| outside())?;
-        if !canonical.is_file() {
+        let folder = canonical.is_dir() && sdplane_wire::checkpoint::folder::is_diffusers_folder(&canonical);
+        if !canonical.is_file() && !folder {
             return Err(Error::BadRequest(format!(
-                "model path {requested:?} is not a file"
+                "model path {requested:?} is neither a file nor a diffusers folder (with model_index.json)"
             )));
         }
         Ok((canonical.clone(), relative.to_string_lossy().into_owned()))
@@ -87,7 +88,7 @@ impl ModelsDir {
             kind: e.kind(),
             message: e.to_string(),
         })?;
-        let app = sdplane_wire::app_name_for_file(Path::new(&model));
+        let app = model_app_name(&path, &model);
         if !sdplane_wire::app_name::is_valid_app_name(&app) {
             return Err(Error::BadRequest(format!(
                 "model file {model:?} gives no usable app name ({app:?}); its stem needs a letter or digit"
@@ -111,8 +112,12 @@ impl ModelsDir {
             .into_iter()
             .filter_map(|path| {
                 let relative = path.strip_prefix(&self.root).ok()?.to_string_lossy().into_owned();
-                let size_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                let app_name = sdplane_wire::app_name_for_file(Path::new(&relative));
+                let size_bytes = if path.is_dir() {
+                    sdplane_wire::checkpoint::folder::folder_size(&path)
+                } else {
+                    std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+                };
+                let app_name = model_app_name(&path, &relative);
                 let mut entry = ModelFileEntry {
                     file: relative.clone(),
                     size_bytes,
@@ -155,7 +160,17 @@ impl ModelsDir {
     }
 }
 
-/// Walk `dir` for `*.safetensors`, skipping dot-folders; unreadable folders are skipped.
+/// App name of a model file (its stem) or diffusers folder (its whole name).
+fn model_app_name(path: &Path, relative: &str) -> String {
+    if path.is_dir() {
+        sdplane_wire::checkpoint::folder::app_name_for_folder(Path::new(relative))
+    } else {
+        sdplane_wire::app_name_for_file(Path::new(relative))
+    }
+}
+
+/// Walk `dir` for `*.safetensors` and diffusers folders (listed whole, not walked into),
+/// skipping dot-folders; unreadable folders are skipped.
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -164,6 +179,11 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         let hidden = entry.file_name().to_string_lossy().starts_with('.');
         match entry.file_type() {
+            Ok(t)
+                if t.is_dir() && !hidden && sdplane_wire::checkpoint::folder::is_diffusers_folder(&path) =>
+            {
+                out.push(path)
+            }
             Ok(t) if t.is_dir() && !hidden => collect(&path, out),
             Ok(_)
                 if path
@@ -243,6 +263,26 @@ mod tests {
                 "{path:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_diffusers_folder_resolves_and_lists_as_one_model_sized_by_its_files() {
+        let (models, _e, dir) = setup();
+        let folder = models.path().join("my.model");
+        std::fs::create_dir_all(folder.join("unet")).expect("mkdir");
+        std::fs::write(folder.join("model_index.json"), b"{}").expect("index");
+        std::fs::write(folder.join("unet/diffusion_pytorch_model.safetensors"), b"12345").expect("w");
+        assert_eq!(dir.resolve("my.model").expect("folder").1, "my.model");
+        let list = dir.list(&BTreeMap::new());
+        let rows: Vec<&ModelFileEntry> = list
+            .models
+            .iter()
+            .filter(|m| m.file.starts_with("my.model"))
+            .collect();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].app_name, "sd-my-model");
+        assert_eq!(rows[0].size_bytes, 7);
+        assert!(rows[0].error.is_some(), "an incomplete folder is an error row");
     }
 
     #[test]

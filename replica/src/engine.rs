@@ -20,6 +20,9 @@ pub struct GenerationParams {
     pub init_image: Option<image::RgbImage>,
     /// img2img strength in (0, 1]; used only with `init_image`.
     pub strength: f64,
+    /// Inpainting models only: the mask, already resized to `width`×`height` and reduced to
+    /// luma; pixels ≥ 128 are repainted, the rest kept. `None` repaints everything.
+    pub mask_image: Option<image::GrayImage>,
     /// Starting noise `[1, 4, height/8, width/8]` in row-major order (diffusers' `latents`),
     /// instead of drawing it from the seed.
     pub init_latents: Option<Vec<f32>>,

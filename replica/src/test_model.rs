@@ -1,4 +1,5 @@
-//! `sdplane make-test-model`: random weights in the real single-file layout of a family.
+//! `sdplane make-test-model`: random weights in the real single-file layout of a family, or
+//! the same weights as a diffusers `save_pretrained` folder (`--layout diffusers`).
 //!
 //! The key list and shapes come from `sdplane_wire::checkpoint::synth` (tiny by default, the
 //! real sizes with `--full-size`); values come from a seeded ChaCha generator so the same
@@ -67,6 +68,17 @@ impl TestDtype {
     }
 }
 
+/// How the model is stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TestLayout {
+    /// One `.safetensors` file in the family's LDM/SGM key layout.
+    #[default]
+    SingleFile,
+    /// A diffusers folder (`model_index.json`, one file per component): the single file's
+    /// tensors under their diffusers names, converted as diffusers' `from_single_file` does.
+    Diffusers,
+}
+
 /// `modelspec.prediction_type` to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TestPrediction {
@@ -87,6 +99,8 @@ pub struct TestModelOptions {
     pub turbo: bool,
     /// Write `modelspec.prediction_type`.
     pub prediction: Option<TestPrediction>,
+    /// Single file or diffusers folder.
+    pub layout: TestLayout,
 }
 
 /// What was written.
@@ -108,6 +122,8 @@ pub enum TestModelError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("invalid test-model options: {0}")]
     InvalidOptions(String),
+    #[error("cannot write the diffusers folder: {0}")]
+    Export(#[from] crate::model::ModelError),
 }
 
 impl TestModelError {
@@ -116,6 +132,7 @@ impl TestModelError {
         match self {
             Self::Io { .. } => "io",
             Self::InvalidOptions(_) => "invalid_options",
+            Self::Export(_) => "export",
         }
     }
 }
@@ -186,9 +203,57 @@ pub fn metadata_for(family: TestFamily, opts: &TestModelOptions) -> BTreeMap<Str
     meta
 }
 
-/// Write a random-weight checkpoint of `family` to `out` (parent folders are created). The
-/// file appears under its name only once complete.
+/// Write a random-weight checkpoint of `family` to `out` (parent folders are created): a file,
+/// or with `TestLayout::Diffusers` a folder holding the same weights. Either appears under its
+/// name only once complete.
 pub fn write(
+    family: TestFamily,
+    opts: &TestModelOptions,
+    out: &Path,
+) -> Result<WrittenModel, TestModelError> {
+    if opts.layout == TestLayout::Diffusers {
+        return write_folder(family, opts, out);
+    }
+    write_single_file(family, opts, out)
+}
+
+/// The single file written next to `out`, exported into `out.partial/`, renamed into place.
+fn write_folder(
+    family: TestFamily,
+    opts: &TestModelOptions,
+    out: &Path,
+) -> Result<WrittenModel, TestModelError> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| TestModelError::InvalidOptions(format!("`{}` names no folder", out.display())))?;
+    if out.exists() {
+        return Err(TestModelError::InvalidOptions(format!(
+            "`{}` already exists; a diffusers folder is written only to a new path",
+            out.display()
+        )));
+    }
+    let single = out.with_file_name(format!("{name}.single.safetensors"));
+    let partial = out.with_file_name(format!("{name}.partial"));
+    let written = write_single_file(family, opts, &single)?;
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    let exported = crate::model::export::write_diffusers_folder(&single, &partial, opts.dtype.as_str());
+    std::fs::remove_file(&single).map_err(io(&single))?;
+    exported?;
+    std::fs::rename(&partial, out).map_err(io(out))?;
+    let bytes = sdplane_wire::checkpoint::folder::folder_size(out);
+    tracing::info!(path = %out.display(), family = ?family, bytes, "wrote diffusers test model");
+    Ok(WrittenModel {
+        path: out.to_path_buf(),
+        bytes,
+        ..written
+    })
+}
+
+/// Write the single `.safetensors` file.
+fn write_single_file(
     family: TestFamily,
     opts: &TestModelOptions,
     out: &Path,
@@ -337,9 +402,12 @@ pub struct MakeTestModelArgs {
     /// Family whose single-file layout to write.
     #[arg(long, env = "SDPLANE_TEST_FAMILY", value_enum)]
     pub family: TestFamily,
-    /// Output `.safetensors` file (parent folders are created).
+    /// Output `.safetensors` file, or folder with `--layout diffusers` (parent folders are created).
     #[arg(long, env = "SDPLANE_TEST_OUT")]
     pub out: PathBuf,
+    /// Single `.safetensors` file or diffusers `save_pretrained` folder.
+    #[arg(long, env = "SDPLANE_TEST_LAYOUT", value_enum, default_value = "single-file")]
+    pub layout: TestLayout,
     /// Write the real model's sizes (GBs) instead of a tiny test model.
     #[arg(long, env = "SDPLANE_TEST_FULL_SIZE")]
     pub full_size: bool,
@@ -369,6 +437,7 @@ pub fn run(args: MakeTestModelArgs) -> anyhow::Result<()> {
         inpaint: args.inpaint,
         turbo: args.turbo,
         prediction: args.prediction,
+        layout: args.layout,
     };
     let written = write(args.family, &opts, &args.out)?;
     let size = if opts.full_size { "full size" } else { "tiny" };
@@ -377,7 +446,10 @@ pub fn run(args: MakeTestModelArgs) -> anyhow::Result<()> {
         written.path.display(),
         written.spec.family,
         written.spec.variant,
-        written.spec.layout,
+        match opts.layout {
+            TestLayout::SingleFile => written.spec.layout,
+            TestLayout::Diffusers => ModelLayout::Diffusers,
+        },
         written.parameters,
         opts.dtype.as_str(),
         written.bytes,

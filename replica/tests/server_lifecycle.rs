@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use server_support::{Replica, StepGenerator, error_of, gate, wait_count};
 
 #[tokio::test]
-async fn health_says_loading_with_progress_then_ready_after_a_one_step_warm_up() {
+async fn health_says_loading_with_progress_then_ready_after_a_one_step_unguided_warm_up() {
     let generator = StepGenerator::new(Duration::ZERO);
     let (gate, reached, release) = gate();
     let replica = Replica::start(Arc::clone(&generator), &[], Some(gate)).await;
@@ -40,6 +40,11 @@ async fn health_says_loading_with_progress_then_ready_after_a_one_step_warm_up()
         .clone()
         .expect("warm-up ran");
     assert_eq!((warm.steps, warm.width, warm.height), (1, 32, 32));
+    assert!(
+        warm.guidance_scale <= 1.0,
+        "the warm-up skips guidance: {}",
+        warm.guidance_scale
+    );
     let (status, models) = replica.get_json("/v1/models").await;
     assert_eq!((status, models["family"].as_str()), (200, Some("sd1")));
     replica.stop().await.expect("clean stop");

@@ -21,8 +21,27 @@ pub struct RouterArgs {
     /// Bearer token sent to the controller (the controller's `--admin-token`); none when unset.
     #[arg(long, env = "SDPLANE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Threads serving the data plane. 1 runs it on tokio's single-threaded runtime: on 2 cores
+    /// that cost ~30% less CPU per request than the multi-threaded one (no cross-thread
+    /// wake-ups; BENCHMARKS.md) and still forwards ~15k requests/s; more spreads it over cores.
+    #[arg(long, env = "SDPLANE_ROUTER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
     #[command(flatten)]
     pub proxy: ProxyArgs,
+}
+
+impl RouterArgs {
+    /// The tokio runtime the `sdplane router` role runs on (`--threads`).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = if self.threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(self.threads));
+            builder
+        };
+        builder.enable_all().build()
+    }
 }
 
 /// How the data plane proxies and answers for cold apps; `sdplane up` flattens this too.

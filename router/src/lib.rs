@@ -20,6 +20,7 @@ pub mod tracker;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -97,6 +98,12 @@ pub async fn serve_with_registry(
     });
     let local = listener.local_addr().ok();
     tracing::info!(listen = ?local, controller = %ctx.config.controller_url, "router serving");
+    // Answers are small and written whole: send them at once, as nginx's `tcp_nodelay on` does.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
+        }
+    });
     let served = axum::serve(
         listener,
         server::router(ctx).into_make_service_with_connect_info::<SocketAddr>(),

@@ -34,6 +34,10 @@ pub struct GenerateRequest {
     pub init_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
+    /// Inpainting mask (inpainting models only), base64 PNG or JPEG like `init_image`: white
+    /// (luma ≥ 128) is repainted, black is kept. Needs `init_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_image: Option<String>,
 }
 
 /// How the image comes back.
@@ -206,6 +210,9 @@ pub struct ModelInfo {
     pub device: String,
     pub native_width: u32,
     pub native_height: u32,
+    /// A 9-channel inpainting UNet: accepts `mask_image` (with `init_image`).
+    #[serde(default)]
+    pub inpainting: bool,
     pub defaults: GenerationDefaults,
     pub limits: GenerationLimits,
 }

@@ -5,7 +5,7 @@
 
 use candle_core::{D, Device, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, Module};
-use sdplane_wire::checkpoint::{Detection, Family, TextEncoderKind, TextEncoderLayout};
+use sdplane_wire::checkpoint::{Detection, Family, ModelLayout, TextEncoderKind, TextEncoderLayout};
 
 use super::attention::{merge_heads, sliced_attention, split_heads};
 use super::error::ModelError;
@@ -54,6 +54,15 @@ impl EncoderUse {
                             projection: pooled,
                         }
                     }
+                    // SD2 diffusers folder: the converter dropped the last OpenCLIP layer, and the
+                    // pipeline uses the last stored hidden state + final LN: the same tensor.
+                    Family::Sd2 if det.layout == ModelLayout::Diffusers => Self {
+                        layers: last,
+                        context_layer: last,
+                        context_norm: true,
+                        final_norm: true,
+                        projection: false,
+                    },
                     // SD2: OpenCLIP-H penultimate + final LN.
                     Family::Sd2 => Self {
                         layers: penultimate,
@@ -70,6 +79,32 @@ impl EncoderUse {
                         final_norm: true,
                         projection: false,
                     },
+                }
+            })
+            .collect()
+    }
+
+    /// What a diffusers folder keeps of each encoder of a single file: every layer (SD2: all but
+    /// the last, as diffusers' converter drops it), the final LayerNorm, and `text_projection`
+    /// for SDXL's pooled tower (`CLIPTextModelWithProjection`).
+    pub(crate) fn for_folder(det: &Detection) -> Vec<Self> {
+        let count = det.text_encoders.len();
+        det.text_encoders
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let layers = if det.family == Family::Sd2 && det.layout != ModelLayout::Diffusers {
+                    l.layers.saturating_sub(1)
+                } else {
+                    l.layers
+                };
+                let sdxl = matches!(det.family, Family::Sdxl | Family::SdxlRefiner);
+                Self {
+                    layers,
+                    context_layer: layers,
+                    context_norm: true,
+                    final_norm: true,
+                    projection: sdxl && i + 1 == count,
                 }
             })
             .collect()
@@ -175,7 +210,8 @@ impl ClipTextModel {
     pub(crate) fn pad_id(&self) -> u32 {
         match self.kind {
             TextEncoderKind::HfClip => EOS,
-            TextEncoderKind::OpenClip => 0,
+            // diffusers folders' OpenCLIP-derived tokenizers pad with `!` (id 0) too.
+            TextEncoderKind::OpenClip | TextEncoderKind::HfOpenClip => 0,
         }
     }
 
@@ -209,7 +245,8 @@ impl ClipTextModel {
         Ok(match self.kind {
             // quick-GELU x·σ(1.702x) (OpenAI CLIP, HF `quick_gelu`).
             TextEncoderKind::HfClip => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
-            TextEncoderKind::OpenClip => x.gelu_erf()?,
+            // transformers `hidden_act: "gelu"` is the exact erf GELU, as in open_clip.
+            TextEncoderKind::OpenClip | TextEncoderKind::HfOpenClip => x.gelu_erf()?,
         })
     }
 

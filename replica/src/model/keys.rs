@@ -5,10 +5,14 @@
 //!
 //! Requested names are rooted per component: `unet.`, `vae.`, `text_encoder.`/`text_encoder_2.`
 //! (diffusers' folder names), followed by the diffusers parameter name.
+//!
+//! A diffusers folder stores every tensor under exactly the requested name (its store roots
+//! each component file's keys the same way), so its map is the identity over the same walk:
+//! the walk still decides which names exist and which stored keys are deliberately unused.
 
 use std::collections::HashMap;
 
-use sdplane_wire::checkpoint::{Detection, TextEncoderKind, TextEncoderLayout, UnetLayout, VaeLayout};
+use sdplane_wire::checkpoint::{Detection, ModelLayout, TextEncoderLayout, UnetLayout, VaeLayout};
 
 use super::clip::EncoderUse;
 
@@ -44,6 +48,8 @@ pub(crate) struct KeyMap {
     component_prefixes: Vec<String>,
     /// Stored-key prefixes (or exact keys) that are known and deliberately not loaded.
     ignored_prefixes: Vec<String>,
+    /// diffusers folder: every name is stored as itself, untransformed.
+    stored_as_requested: bool,
 }
 
 /// diffusers folder name of text encoder `index` (SDXL: CLIP-L is `text_encoder`, bigG
@@ -59,11 +65,23 @@ pub(crate) fn text_encoder_root(index: usize) -> String {
 impl KeyMap {
     /// Build the map for every component of a detected checkpoint.
     pub(crate) fn build(det: &Detection) -> Self {
-        let mut map = Self::default();
+        Self::build_with(det, &EncoderUse::for_detection(det))
+    }
+
+    /// Build the map with explicit per-encoder uses (the folder writer loads every layer a
+    /// diffusers folder keeps, not only those generation runs).
+    pub(crate) fn build_with(det: &Detection, uses: &[EncoderUse]) -> Self {
+        // UNet and VAE names in a folder are the requested names; text encoders go through the
+        // HF walk below, which roots stored keys at the tower's own prefix (the SDXL refiner's
+        // only tower is requested as `text_encoder.` but stored under `text_encoder_2.`).
+        let mut map = Self {
+            stored_as_requested: det.layout == ModelLayout::Diffusers,
+            ..Self::default()
+        };
         map.unet(&det.unet);
         map.vae(&det.vae);
-        let uses = EncoderUse::for_detection(det);
-        for (index, (layout, usage)) in det.text_encoders.iter().zip(uses).enumerate() {
+        map.stored_as_requested = false;
+        for (index, (layout, usage)) in det.text_encoders.iter().zip(uses.iter().copied()).enumerate() {
             map.text_encoder(&text_encoder_root(index), layout, usage);
         }
         map
@@ -74,8 +92,7 @@ impl KeyMap {
         self.entries.get(name)
     }
 
-    /// Every requested name the map knows (tests materialise components with it).
-    #[cfg(test)]
+    /// Every requested name the map knows (the folder writer and tests walk it).
     pub(crate) fn names(&self) -> impl Iterator<Item = (&String, &Stored)> {
         self.entries.iter()
     }
@@ -96,7 +113,16 @@ impl KeyMap {
     }
 
     fn add(&mut self, name: String, key: String, transform: Transform) {
-        self.entries.insert(name, Stored { key, transform });
+        let stored = if self.stored_as_requested {
+            // diffusers saved the converted tensor: same name, already linear/split/transposed.
+            Stored {
+                key: name.clone(),
+                transform: Transform::None,
+            }
+        } else {
+            Stored { key, transform }
+        };
+        self.entries.insert(name, stored);
     }
 
     /// `.weight` and `.bias` renamed together.
@@ -342,22 +368,35 @@ impl KeyMap {
     fn text_encoder(&mut self, root: &str, l: &TextEncoderLayout, usage: EncoderUse) {
         self.component_prefixes.push(l.prefix.clone());
         let dst = format!("{root}text_model.");
-        match l.kind {
-            TextEncoderKind::HfClip => self.hf_clip(&dst, l, usage),
-            TextEncoderKind::OpenClip => self.open_clip(root, &dst, l, usage),
+        if l.kind.hf_naming() {
+            self.hf_clip(&dst, l, usage);
+            if usage.projection {
+                // transformers `CLIPTextModelWithProjection`: a Linear, stored as used.
+                self.add(
+                    format!("{root}text_projection.weight"),
+                    format!("{}text_projection.weight", l.prefix),
+                    Transform::None,
+                );
+            }
+        } else {
+            self.open_clip(root, &dst, l, usage);
         }
         // Layers past the one whose output is used are never requested (§3.5: SD2 drops block 23).
-        let src_layer = |n: usize| match l.kind {
-            TextEncoderKind::HfClip => format!("{}encoder.layers.{n}.", hf_root(l)),
-            TextEncoderKind::OpenClip => format!("{}transformer.resblocks.{n}.", l.prefix),
+        let src_layer = |n: usize| {
+            if l.kind.hf_naming() {
+                format!("{}encoder.layers.{n}.", hf_root(l))
+            } else {
+                format!("{}transformer.resblocks.{n}.", l.prefix)
+            }
         };
         for n in usage.layers..l.layers {
             self.ignored_prefixes.push(src_layer(n));
         }
         if !usage.final_norm {
-            self.ignored_prefixes.push(match l.kind {
-                TextEncoderKind::HfClip => format!("{}final_layer_norm.", hf_root(l)),
-                TextEncoderKind::OpenClip => format!("{}ln_final.", l.prefix),
+            self.ignored_prefixes.push(if l.kind.hf_naming() {
+                format!("{}final_layer_norm.", hf_root(l))
+            } else {
+                format!("{}ln_final.", l.prefix)
             });
         }
         if !usage.projection {

@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, Module};
 
+use super::conv;
 use super::error::ModelError;
 use super::weights::Weights;
 
@@ -21,13 +22,17 @@ pub(crate) fn linear(w: &Weights, c_in: usize, c_out: usize, bias: bool) -> Resu
 /// f32 and 9.7 GB at 1024². Bigger inputs are convolved in horizontal bands.
 pub(crate) const IM2COL_BAND_BYTES: usize = 256 << 20;
 
-/// A convolution with bias; 3×3 stride-1 convolutions on an accelerator run in row bands so
-/// their im2col buffer stays within `IM2COL_BAND_BYTES`. (candle's CPU conv2d already tiles.)
+/// A convolution with bias. On the CPU, stride-1 convolutions are lowered to matmuls by
+/// `conv::forward` (candle's CPU conv2d spends as long on scalar copies as on the gemm); on an
+/// accelerator, 3×3 stride-1 convolutions run in row bands so candle's im2col buffer stays
+/// within `IM2COL_BAND_BYTES`.
 #[derive(Debug, Clone)]
 pub(crate) struct Conv {
     inner: Conv2d,
-    /// 3×3, stride 1, padding 1: the shape banding handles.
+    /// 3×3, stride 1, padding 1: the shape accelerator banding handles.
     bandable: bool,
+    /// Stride 1, no dilation or groups: the shape `conv::forward` handles.
+    lowered: bool,
 }
 
 impl Conv {
@@ -70,7 +75,13 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_banded(x, IM2COL_BAND_BYTES, !x.device().is_cpu())
+        if x.device().is_cpu() {
+            if self.lowered {
+                return conv::forward(&self.inner, x, conv::COLUMN_BAND_BYTES);
+            }
+            return self.inner.forward(x);
+        }
+        self.forward_banded(x, IM2COL_BAND_BYTES, true)
     }
 }
 
@@ -89,8 +100,10 @@ pub(crate) fn conv2d(
         stride,
         ..Default::default()
     };
+    let inner = Conv2d::new(weight, bias, cfg);
     Ok(Conv {
-        inner: Conv2d::new(weight, bias, cfg),
+        lowered: conv::supported(&inner),
+        inner,
         bandable: kernel == 3 && stride == 1 && padding == 1,
     })
 }
@@ -134,6 +147,7 @@ mod tests {
         let conv = Conv {
             inner: Conv2d::new(weight, Some(bias), cfg),
             bandable: true,
+            lowered: false,
         };
         let x = Tensor::randn(0f32, 1.0, (2, 3, 11, 7), &dev)?;
         let plain = conv.inner.forward(&x)?;

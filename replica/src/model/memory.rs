@@ -5,8 +5,9 @@
 //! What is counted, per stage: the skip tensors the UNet holds for its up path; a resnet's
 //! input, GroupNorm temporaries (f32), the im2col buffer of its 3×3 convolution (on an
 //! accelerator candle materialises it whole, so `layers::Conv` bands it to at most
-//! `IM2COL_BAND_BYTES` plus a padded copy; candle's CPU conv tiles it and only copies the input
-//! to NHWC); a
+//! `IM2COL_BAND_BYTES` plus a padded copy; on the CPU `conv::forward` builds it in bands of at
+//! most `COLUMN_BAND_BYTES` from a padded copy of the input, and concatenates the bands' outputs
+//! into one more output-sized tensor); a
 //! transformer's token copies, its GEGLU intermediates and up to three f32 score slices
 //! (scores, softmax, output) bounded by the attention slice size. A 10 % margin covers
 //! allocator slack. Weights are not included (they are already resident).
@@ -14,6 +15,7 @@
 use candle_core::DType;
 use sdplane_wire::checkpoint::Detection;
 
+use super::conv::COLUMN_BAND_BYTES;
 use super::keys::UnetChannels;
 use super::layers::IM2COL_BAND_BYTES;
 use super::vae::vae_dtype;
@@ -21,15 +23,22 @@ use super::vae::vae_dtype;
 /// Tokens of the cross-attention context (CLIP's 77-token window).
 const CONTEXT_TOKENS: u64 = 77;
 
-fn resnet_bytes(batch: u64, pixels: u64, c_in: u64, c_out: u64, e: u64, accelerator: bool) -> u64 {
-    let bp = batch * pixels;
+/// Peak of one resnet at `h`×`w` pixels.
+fn resnet_bytes(batch: u64, h: u64, w: u64, c_in: u64, c_out: u64, e: u64, accelerator: bool) -> u64 {
+    let bp = batch * h * w;
     // Input, two f32 GroupNorm temporaries, conv1/conv2/shortcut/sum outputs.
     let activations = bp * (c_in * (e + 8) + c_out * 4 * e);
     let im2col = if accelerator {
         // Whole when small; otherwise one band plus the padded input and the band outputs.
         (bp * 9 * c_in * e).min(IM2COL_BAND_BYTES as u64 + bp * (c_in + c_out) * e)
     } else {
-        bp * c_in * e
+        // conv.rs: the input padded by one pixel (and one spare row), twice while padding; the
+        // column matrix of one band (at least one output row of the padded width); the bands'
+        // outputs and their concatenation.
+        let padded = batch * (h + 3) * (w + 2) * c_in * e;
+        let row = batch * 9 * c_in * (w + 2) * e;
+        let columns = (h * row).min((COLUMN_BAND_BYTES as u64).max(row));
+        2 * padded + columns + 2 * bp * c_out * e
     };
     activations + im2col
 }
@@ -63,7 +72,13 @@ pub(crate) fn estimate_peak_bytes(
     let e = dtype.size_in_bytes() as u64;
     let l = &det.unet;
     let n = l.block_out_channels.len();
-    let pixels_at = |level: usize| ((latent_h >> level) * (latent_w >> level)).max(1) as u64;
+    let side_at = |level: usize| {
+        (
+            ((latent_h >> level).max(1)) as u64,
+            ((latent_w >> level).max(1)) as u64,
+        )
+    };
+    let pixels_at = |level: usize| side_at(level).0 * side_at(level).1;
     let channels = UnetChannels::new(l);
 
     // Skip tensors alive during the up path (pushed in order: conv_in, resnets, downsamplers).
@@ -84,15 +99,16 @@ pub(crate) fn estimate_peak_bytes(
     let mut stage = 0u64;
     for level in 0..n {
         let p = pixels_at(level);
+        let (sh, sw) = side_at(level);
         let c = l.block_out_channels[level] as u64;
         let heads = l.attention_heads[level] as u64;
         for j in 0..l.layers_per_block {
             let (ci, co) = channels.down_resnet(level, j);
-            stage = stage.max(resnet_bytes(b, p, ci as u64, co as u64, e, accelerator));
+            stage = stage.max(resnet_bytes(b, sh, sw, ci as u64, co as u64, e, accelerator));
         }
         for k in 0..=l.layers_per_block {
             let (ci, co) = channels.up_resnet(n - 1 - level, k);
-            stage = stage.max(resnet_bytes(b, p, ci as u64, co as u64, e, accelerator));
+            stage = stage.max(resnet_bytes(b, sh, sw, ci as u64, co as u64, e, accelerator));
         }
         let depth = if level + 1 == n {
             l.transformer_depth[level].max(l.mid_transformer_depth)
@@ -117,10 +133,10 @@ pub(crate) fn estimate_peak_bytes(
         let c_out = v.block_out_channels[level] as u64;
         let c_prev = v.block_out_channels[(level + 1).min(vn - 1)] as u64;
         // Up block k runs at latent × 2^k; its upsampler conv runs at twice that.
-        let p = ((latent_h << k) * (latent_w << k)) as u64;
-        vae = vae.max(resnet_bytes(1, p, c_prev.max(c_out), c_out, ve, accelerator));
+        let (vh, vw) = ((latent_h << k) as u64, (latent_w << k) as u64);
+        vae = vae.max(resnet_bytes(1, vh, vw, c_prev.max(c_out), c_out, ve, accelerator));
         if k + 1 < vn {
-            vae = vae.max(resnet_bytes(1, 4 * p, c_out, c_out, ve, accelerator));
+            vae = vae.max(resnet_bytes(1, 2 * vh, 2 * vw, c_out, c_out, ve, accelerator));
         }
     }
     let top = *v.block_out_channels.last().unwrap_or(&0) as u64;

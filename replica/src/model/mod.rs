@@ -7,17 +7,21 @@
 //! - `keys`: requested diffusers name → stored LDM/SGM key map (§3).
 //! - `weights`: memory-mapped, name-mapped, shape-checked tensor access.
 //! - `layers`: candle-nn layers built from `Weights`.
+//! - `conv`: CPU convolution lowered to contiguous copies and matmuls.
 //! - `tokenizer`: CLIP BPE into 77-token windows.
 //! - `clip`: CLIP-L / OpenCLIP text encoders and which hidden state each family uses (§3.6).
 //! - `attention`: query-sliced scaled dot-product attention with a bounded score matrix.
 //! - `resnet`, `transformer`, `unet`: the diffusers `UNet2DConditionModel`, with SDXL
 //!   `add_embedding` (§4.4).
 //! - `vae`: the diffusers `AutoencoderKL` encoder/decoder.
+//! - `export`: a single file written out as a diffusers folder (`make-test-model --layout diffusers`).
 //! - `memory`: the peak-memory estimate the server admits requests with.
 
 mod attention;
 mod clip;
+pub mod conv;
 mod error;
+pub mod export;
 mod keys;
 mod layers;
 mod memory;
@@ -73,7 +77,8 @@ pub struct SdModel {
 }
 
 impl SdModel {
-    /// mmap the file (header checked first via `sdplane_wire::checkpoint::inspect`), build every
+    /// mmap the file, or every component file of a diffusers folder (headers checked first via
+    /// `sdplane_wire::checkpoint`), build every
     /// component; `progress(fraction, phase)` reports text-encoders/unet/vae as they load.
     #[tracing::instrument(skip_all, fields(path = %path.display(), ?dtype))]
     pub fn load(
@@ -83,14 +88,16 @@ impl SdModel {
         progress: crate::engine::LoadProgress<'_>,
     ) -> Result<Self, ModelError> {
         let started = std::time::Instant::now();
-        let file = weights::MappedFile::open(path)?;
-        let detection = checkpoint::detect(&file.header)?;
-        let weights = Weights::new(
-            Store::Mmap(std::sync::Arc::new(file)),
-            KeyMap::build(&detection),
-            dtype,
-            device.clone(),
-        );
+        let (store, detection) = if path.is_dir() {
+            // A diffusers folder: detection from its headers and configs, one map per file.
+            let folder = checkpoint::folder::inspect_folder(path)?;
+            (Store::from_folder(&folder.files)?, folder.detection)
+        } else {
+            let file = weights::MappedFile::open(path)?;
+            let detection = checkpoint::detect(&file.header)?;
+            (Store::Mmap(std::sync::Arc::new(file)), detection)
+        };
+        let weights = Weights::new(store, KeyMap::build(&detection), dtype, device.clone());
         let model = Self::build(detection, &weights, progress)?;
         tracing::info!(
             family = model.detection.family_name(),
@@ -119,6 +126,23 @@ impl SdModel {
         );
         let model = Self::build(detection, &weights, &|_, _| {})?;
         let unused = weights.unconsumed(header.tensors.keys().map(String::as_str));
+        Ok((model.detection, unused))
+    }
+
+    /// `check_mapping` for a diffusers folder: build the full architecture from the component
+    /// files' headers alone. Returns the detection and the stored keys (rooted `unet.…` etc.)
+    /// that the model would neither load nor deliberately ignore.
+    pub fn check_folder_mapping(dir: &Path) -> Result<(Detection, Vec<String>), ModelError> {
+        let folder = checkpoint::folder::inspect_folder(dir)?;
+        let weights = Weights::new(
+            Store::meta_from_folder(&folder.files)?,
+            KeyMap::build(&folder.detection),
+            DType::F32,
+            Device::Cpu,
+        );
+        let model = Self::build(folder.detection, &weights, &|_, _| {})?;
+        let stored = weights.stored_keys();
+        let unused = weights.unconsumed(stored.iter().map(String::as_str));
         Ok((model.detection, unused))
     }
 

@@ -9,7 +9,7 @@
 //! a full-size SDXL architecture can be built from a synthetic header in tests without
 //! allocating its weights (mapping completeness, CHECKPOINTS.md §7.3).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
@@ -70,11 +70,47 @@ impl MappedFile {
 pub(crate) enum Store {
     /// The memory-mapped checkpoint.
     Mmap(Arc<MappedFile>),
+    /// A diffusers folder: one mapped file per component (or shard); keys are the file's keys
+    /// under the component root (`unet.` + key) → (file index, key in that file).
+    Files {
+        files: Vec<MappedFile>,
+        index: HashMap<String, (usize, String)>,
+    },
     /// Names, dtypes and shapes only (from a header); tensors are zero-stride placeholders.
     Meta(Arc<BTreeMap<String, (String, Vec<usize>)>>),
 }
 
 impl Store {
+    /// Map every file of a diffusers folder and index its keys under their component root.
+    pub(crate) fn from_folder(
+        components: &[sdplane_wire::checkpoint::folder::ComponentFile],
+    ) -> Result<Self, ModelError> {
+        let mut files = Vec::with_capacity(components.len());
+        let mut index = HashMap::new();
+        for (i, component) in components.iter().enumerate() {
+            let file = MappedFile::open(&component.path)?;
+            for key in file.header.tensors.keys() {
+                index.insert(format!("{}{key}", component.root), (i, key.clone()));
+            }
+            files.push(file);
+        }
+        Ok(Self::Files { files, index })
+    }
+
+    /// A header-only store over a diffusers folder's component files, keys rooted like `from_folder`.
+    pub(crate) fn meta_from_folder(
+        components: &[sdplane_wire::checkpoint::folder::ComponentFile],
+    ) -> Result<Self, ModelError> {
+        let mut tensors = BTreeMap::new();
+        for component in components {
+            let header = Header::read(&component.path)?;
+            for (k, t) in header.tensors {
+                tensors.insert(format!("{}{k}", component.root), (t.dtype, t.shape));
+            }
+        }
+        Ok(Self::Meta(Arc::new(tensors)))
+    }
+
     /// A header-only store: every tensor of `header` by name, dtype and shape.
     pub(crate) fn from_header(header: &sdplane_wire::checkpoint::Header) -> Self {
         let tensors = header
@@ -157,11 +193,13 @@ impl Weights {
         self.mark_consumed(&stored.key);
         match self.store.as_ref() {
             Store::Meta(_) => Ok(Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?),
-            Store::Mmap(file) => {
-                let (range, bytes) = file.bytes(&stored.key).ok_or_else(|| ModelError::MissingTensor {
+            Store::Mmap(_) | Store::Files { .. } => {
+                let missing = || ModelError::MissingTensor {
                     name: full.clone(),
                     stored: stored.key.clone(),
-                })?;
+                };
+                let (file, key) = self.locate(&stored.key).ok_or_else(missing)?;
+                let (range, bytes) = file.bytes(key).ok_or_else(missing)?;
                 let raw = Tensor::from_raw_buffer(bytes, candle_dtype(&dtype)?, &stored_shape, &self.device)?;
                 file.release(range);
                 let t = match stored.transform {
@@ -189,6 +227,18 @@ impl Weights {
         Ok((w, b))
     }
 
+    /// The mapped file holding stored key `key` and the key inside that file.
+    fn locate<'a>(&'a self, key: &'a str) -> Option<(&'a MappedFile, &'a str)> {
+        match self.store.as_ref() {
+            Store::Meta(_) => None,
+            Store::Mmap(file) => Some((file.as_ref(), key)),
+            Store::Files { files, index } => {
+                let (i, inner) = index.get(key)?;
+                Some((files.get(*i)?, inner.as_str()))
+            }
+        }
+    }
+
     fn stored_info(&self, name: &str, key: &str) -> Result<(String, Vec<usize>), ModelError> {
         let missing = || ModelError::MissingTensor {
             name: name.to_string(),
@@ -196,11 +246,29 @@ impl Weights {
         };
         match self.store.as_ref() {
             Store::Meta(tensors) => tensors.get(key).cloned().ok_or_else(missing),
-            Store::Mmap(file) => {
-                let info = file.header.tensors.get(key).ok_or_else(missing)?;
+            Store::Mmap(_) | Store::Files { .. } => {
+                let (file, inner) = self.locate(key).ok_or_else(missing)?;
+                let info = file.header.tensors.get(inner).ok_or_else(missing)?;
                 Ok((info.dtype.clone(), info.shape.clone()))
             }
         }
+    }
+
+    /// The stored shape of requested `name` after its transform (what `get` must be asked for).
+    pub(crate) fn resolved_shape(&self, name: &str) -> Result<Vec<usize>, ModelError> {
+        let stored = self.map.get(name).ok_or_else(|| ModelError::MissingTensor {
+            name: name.to_string(),
+            stored: "(no mapping for this name)".into(),
+        })?;
+        let (_, shape) = self.stored_info(name, &stored.key)?;
+        Ok(transformed_shape(&shape, stored.transform).unwrap_or(shape))
+    }
+
+    /// Every requested name of the map, sorted.
+    pub(crate) fn requested_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.map.names().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
     }
 
     fn mark_consumed(&self, key: &str) {
@@ -224,6 +292,7 @@ impl Weights {
         match self.store.as_ref() {
             Store::Meta(tensors) => tensors.keys().cloned().collect(),
             Store::Mmap(file) => file.header.tensors.keys().cloned().collect(),
+            Store::Files { index, .. } => index.keys().cloned().collect(),
         }
     }
 }

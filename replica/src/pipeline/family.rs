@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use sdplane_wire::api::{GenerationDefaults, GenerationLimits, ModelInfo, SchedulerKind};
-use sdplane_wire::checkpoint::{Detection, Distillation, Family, Prediction};
+use sdplane_wire::checkpoint::{Detection, Distillation, Family, Prediction, Variant};
 
 use super::scheduler::{SchedulerConfig, Spacing};
 
@@ -135,9 +135,13 @@ pub fn model_info(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let model = path
-        .file_stem()
-        .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned());
+    // A diffusers folder's whole name is the model (`my.model/` has no extension to strip).
+    let model = if path.is_dir() {
+        file.clone()
+    } else {
+        path.file_stem()
+            .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned())
+    };
     let turbo = detection.distillation.value == Distillation::Turbo;
     let family_label = match (detection.family, turbo) {
         (Family::Sd1, _) => "Stable Diffusion 1.x".to_string(),
@@ -146,6 +150,12 @@ pub fn model_info(
         (Family::Sdxl, false) => "SDXL base".to_string(),
         (Family::Sdxl, true) => "SDXL base (turbo)".to_string(),
         (Family::SdxlRefiner, _) => "SDXL refiner".to_string(),
+    };
+    let inpainting = detection.variant == Variant::Inpaint;
+    let family_label = if inpainting {
+        format!("{family_label} inpainting")
+    } else {
+        family_label
     };
     let mut detected_by = BTreeMap::new();
     detected_by.insert("family".to_string(), "tensor shapes".to_string());
@@ -177,6 +187,7 @@ pub fn model_info(
         device: device.to_string(),
         native_width: settings.defaults.width,
         native_height: settings.defaults.height,
+        inpainting,
         defaults: settings.defaults.clone(),
         limits: GenerationLimits {
             min_side,

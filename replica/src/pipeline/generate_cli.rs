@@ -45,9 +45,14 @@ pub struct GenerateArgs {
     /// img2img source image (PNG or JPEG), resized to the output size.
     #[arg(long)]
     pub init_image: Option<PathBuf>,
-    /// img2img strength in (0, 1]: how much of the schedule is re-run.
-    #[arg(long, default_value_t = 0.75)]
-    pub strength: f64,
+    /// img2img strength in (0, 1]: how much of the schedule is re-run (default 0.8; 1 for
+    /// inpainting models, which then start from pure noise).
+    #[arg(long)]
+    pub strength: Option<f64>,
+    /// Inpainting models only: mask (PNG or JPEG) resized to the output size; white (luma ≥ 128)
+    /// is repainted, black kept. Needs --init-image.
+    #[arg(long, requires = "init_image")]
+    pub mask_image: Option<PathBuf>,
     /// Starting noise as a float32 `.npy` of shape [num_images, C, H/8, W/8] instead of the
     /// seed's (diffusers' `latents`: unit variance; the scheduler's initial sigma is applied after).
     #[arg(long)]
@@ -118,12 +123,31 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(args.num_images >= 1, "--num-images must be at least 1");
     anyhow::ensure!(
-        args.strength > 0.0 && args.strength <= 1.0,
-        "--strength {} must be in (0, 1]",
-        args.strength
+        args.mask_image.is_none() || info.inpainting,
+        "--mask-image needs an inpainting model; {} is {}",
+        args.model.display(),
+        info.family_label
     );
-    let init_image =
-        source.map(|img| image::imageops::resize(&img, width, height, image::imageops::FilterType::Lanczos3));
+    // The server's defaults: diffusers' img2img 0.8, its inpainting pipeline 1.
+    let strength = args.strength.unwrap_or(if info.inpainting { 1.0 } else { 0.8 });
+    anyhow::ensure!(
+        strength > 0.0 && strength <= 1.0,
+        "--strength {strength} must be in (0, 1]"
+    );
+    // PIL's Lanczos, as diffusers' `VaeImageProcessor` resizes.
+    let fit_to_output = |img: &image::RgbImage| {
+        image::imageops::resize(img, width, height, image::imageops::FilterType::Lanczos3)
+    };
+    let init_image = source.as_ref().map(fit_to_output);
+    let mask_image = match &args.mask_image {
+        Some(path) => {
+            let rgb = image::open(path)
+                .with_context(|| format!("cannot read --mask-image {}", path.display()))?
+                .to_rgb8();
+            Some(super::inpaint::mask_luma(&fit_to_output(&rgb)))
+        }
+        None => None,
+    };
     let factor = generator.model().vae_spatial_factor() as u32;
     let init_latents = match &args.init_latents {
         Some(path) => {
@@ -153,8 +177,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         scheduler: args.scheduler.unwrap_or(info.defaults.scheduler),
         num_images: args.num_images,
         init_image,
-        strength: args.strength,
+        strength,
         init_latents,
+        mask_image,
     };
     println!(
         "model {} ({}), {}x{}, {} steps {}, guidance {}, seed {}",

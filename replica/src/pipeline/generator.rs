@@ -7,7 +7,6 @@ use crate::device::{DTypeChoice, DeviceChoice};
 use crate::engine::{EngineError, GenerationOutput, GenerationParams, Generator, LoadProgress, StepControl};
 use crate::model::SdModel;
 use sdplane_wire::api::ModelInfo;
-use sdplane_wire::checkpoint::Variant;
 
 use super::family::{self, FamilySettings};
 use super::sampling::{self, Timings};
@@ -35,11 +34,6 @@ impl CandleGenerator {
         let candle_device = device.open().map_err(EngineError::Model)?;
         let sd = SdModel::load(model, &candle_device, dtype.to_candle(), progress)
             .map_err(|e| EngineError::Model(e.to_string()))?;
-        if sd.detection.variant == Variant::Inpaint {
-            return Err(EngineError::Model(
-                "inpainting checkpoints (9-channel UNet) need a mask; not supported".into(),
-            ));
-        }
         let budget = free_memory_bytes(device).unwrap_or(u64::MAX);
         Ok(Self::from_model(sd, model, &device.to_string(), dtype, budget))
     }

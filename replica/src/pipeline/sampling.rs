@@ -1,17 +1,19 @@
 //! The sampling loop: text conditioning with classifier-free guidance, starting latents
-//! (seeded noise, given noise, or an img2img source noised to `strength`), the scheduler
-//! steps with cancellation, and the VAE decode to RGB bytes. Mirrors diffusers'
-//! `StableDiffusionPipeline`/`StableDiffusionXLPipeline` (and their img2img variants) so the
-//! same inputs give the same images.
+//! (seeded noise, given noise, or an img2img source noised to `strength`), the inpainting
+//! channels for 9-channel UNets, the scheduler steps with cancellation, and the VAE decode to
+//! RGB bytes. Mirrors diffusers' `StableDiffusionPipeline`/`StableDiffusionXLPipeline` (and
+//! their img2img and inpainting variants) so the same inputs give the same images.
 
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
+use sdplane_wire::checkpoint::Variant;
 
 use crate::engine::{EngineError, GenerationOutput, GenerationParams, StepControl};
 use crate::model::{SdModel, TextConditioning};
 
 use super::family::{FamilySettings, REFINER_AESTHETIC, TimeIds};
+use super::inpaint;
 use super::noise::NoiseStream;
 use super::scheduler::{self, schedule};
 
@@ -19,7 +21,7 @@ use super::scheduler::{self, schedule};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timings {
     pub text_encode: Duration,
-    /// img2img only: the VAE encode of the source image.
+    /// img2img and inpainting: the VAE encodes of the source (and masked) image.
     pub vae_encode: Duration,
     /// One entry per UNet step run.
     pub steps: Vec<Duration>,
@@ -248,7 +250,20 @@ pub(crate) fn generate(
     };
 
     let mut sched = scheduler::build(settings.scheduler(params.scheduler), steps);
-    let start = match &params.init_image {
+    let inpainting = model.detection.variant == Variant::Inpaint;
+    if params.mask_image.is_some() && !inpainting {
+        return Err(invalid(
+            "mask_image",
+            "this model is not an inpainting model (its UNet takes 4 channels, not 9)",
+        ));
+    }
+    // diffusers' inpainting pipeline starts from pure noise at full strength
+    // (`is_strength_max`) and from the noised source image below it, like img2img.
+    let from_image = params
+        .init_image
+        .as_ref()
+        .filter(|_| !(inpainting && params.strength >= 1.0));
+    let start = match from_image {
         Some(_) => {
             let start = schedule::img2img_start(steps, params.strength);
             if start >= steps {
@@ -270,16 +285,8 @@ pub(crate) fn generate(
     timings.text_encode = t0.elapsed();
 
     let mut stream = NoiseStream::new(params.seed);
-    let mut latents = match &params.init_image {
-        None => {
-            let noise = match given_noise {
-                Some(t) => t,
-                None => stream.tensor(&latent_shape, &device).map_err(model_err)?,
-            };
-            noise.affine(sched.init_noise_sigma(), 0.0).map_err(model_err)?
-        }
+    let source = match &params.init_image {
         Some(image) => {
-            let t1 = Instant::now();
             if image.dimensions() != (params.width, params.height) {
                 return Err(invalid(
                     "init_image",
@@ -291,8 +298,53 @@ pub(crate) fn generate(
                     ),
                 ));
             }
-            let pixels = image_tensor(image, &device).map_err(model_err)?;
-            let (mean, std) = model.vae_encode(&pixels).map_err(model_err)?;
+            Some(image_tensor(image, &device).map_err(model_err)?)
+        }
+        None => None,
+    };
+    if let Some(mask) = &params.mask_image
+        && mask.dimensions() != (params.width, params.height)
+    {
+        return Err(invalid(
+            "mask_image",
+            format!(
+                "{:?} pixels, expected {}×{}",
+                mask.dimensions(),
+                params.width,
+                params.height
+            ),
+        ));
+    }
+    let unet_rows = if guided { 2 * n } else { n };
+    let t_mask = Instant::now();
+    let extra_channels = if inpainting {
+        Some(
+            inpaint::unet_extra_channels(
+                model,
+                settings.vae_scale,
+                params,
+                source.as_ref(),
+                unet_rows,
+                (lh, lw),
+            )
+            .map_err(model_err)?,
+        )
+    } else {
+        None
+    };
+    timings.vae_encode = t_mask.elapsed();
+
+    let mut latents = match from_image.and(source.as_ref()) {
+        None => {
+            let noise = match given_noise {
+                Some(t) => t,
+                None => stream.tensor(&latent_shape, &device).map_err(model_err)?,
+            };
+            noise.affine(sched.init_noise_sigma(), 0.0).map_err(model_err)?
+        }
+        Some(pixels) => {
+            let t1 = Instant::now();
+            let (mean, std) = model.vae_encode(pixels).map_err(model_err)?;
             // diffusers `retrieve_latents(sample_mode="sample")`: mean + std·ε, ε from our stream.
             let eps = stream.tensor(mean.dims(), &device).map_err(model_err)?;
             let clean = (|| -> candle_core::Result<Tensor> {
@@ -304,7 +356,7 @@ pub(crate) fn generate(
                 Some(t) => t,
                 None => stream.tensor(&latent_shape, &device).map_err(model_err)?,
             };
-            timings.vae_encode = t1.elapsed();
+            timings.vae_encode += t1.elapsed();
             sched.add_noise(&clean, &noise, start).map_err(model_err)?
         }
     };
@@ -322,6 +374,10 @@ pub(crate) fn generate(
                 x
             };
             let x = x.to_dtype(dtype).map_err(model_err)?;
+            let x = match &extra_channels {
+                Some(extra) => Tensor::cat(&[&x, extra], 1).map_err(model_err)?,
+                None => x,
+            };
             let out = model
                 .unet_forward(
                     &x,

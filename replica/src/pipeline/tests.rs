@@ -47,6 +47,7 @@ fn params(steps: u32) -> GenerationParams {
         init_image: None,
         strength: 1.0,
         init_latents: None,
+        mask_image: None,
     }
 }
 

@@ -1,6 +1,6 @@
-//! img2img source images: base64 PNG or JPEG, with or without a `data:` URI prefix, decoded
-//! under size limits (so a small body cannot expand into a huge allocation) and resized to the
-//! requested output size.
+//! img2img source images and inpainting masks: base64 PNG or JPEG, with or without a `data:`
+//! URI prefix, decoded under size limits (so a small body cannot expand into a huge allocation)
+//! and resized to the requested output size.
 
 use base64::Engine as _;
 use image::{ImageFormat, RgbImage};
@@ -9,7 +9,7 @@ use image::{ImageFormat, RgbImage};
 /// a client may send a larger photo than it asks for, but not an arbitrarily large one.
 const MAX_SIDE_FACTOR: u32 = 4;
 
-/// Decode `text` and resize it to `width`×`height`. Errors are messages for the `init_image` field.
+/// Decode `text` and resize it to `width`×`height`. Errors are messages for the request field.
 pub fn decode(text: &str, width: u32, height: u32, model_max_side: u32) -> Result<RgbImage, String> {
     let payload = strip_data_uri(text.trim())?;
     let bytes = base64::engine::general_purpose::STANDARD
@@ -33,12 +33,13 @@ pub fn decode(text: &str, width: u32, height: u32, model_max_side: u32) -> Resul
     if rgb.width() == width && rgb.height() == height {
         return Ok(rgb);
     }
-    // Triangle (bilinear) is what PIL's default resize does for diffusers' img2img preprocessing.
+    // diffusers' `VaeImageProcessor` resizes with PIL's Lanczos (`resample="lanczos"`), for
+    // img2img sources and inpainting masks alike.
     Ok(image::imageops::resize(
         &rgb,
         width,
         height,
-        image::imageops::FilterType::Triangle,
+        image::imageops::FilterType::Lanczos3,
     ))
 }
 

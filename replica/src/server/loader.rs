@@ -73,7 +73,9 @@ fn load_and_warm(state: &AppState, loader: Loader, memory_budget_mb: Option<u64>
     Ok(())
 }
 
-/// The cheapest real generation: smallest side, one step, family defaults otherwise.
+/// The cheapest real generation: smallest side, one step, no classifier-free guidance (one UNet
+/// row instead of two: every kernel still runs once, which is all the warm-up is for), family
+/// defaults otherwise.
 fn warm_up_params(generator: &dyn Generator) -> GenerationParams {
     let info = generator.model_info();
     let side = info.limits.min_side;
@@ -81,7 +83,7 @@ fn warm_up_params(generator: &dyn Generator) -> GenerationParams {
         prompt: String::new(),
         negative_prompt: String::new(),
         steps: 1,
-        guidance_scale: info.defaults.guidance_scale,
+        guidance_scale: 0.0,
         width: side,
         height: side,
         seed: 0,
@@ -90,6 +92,7 @@ fn warm_up_params(generator: &dyn Generator) -> GenerationParams {
         init_image: None,
         strength: 1.0,
         init_latents: None,
+        mask_image: None,
     }
 }
 

@@ -6,6 +6,7 @@ use sdplane_wire::api::{GenerateRequest, ImageFormat, ModelInfo};
 use super::error::ServerError;
 use super::init_image;
 use crate::engine::GenerationParams;
+use crate::pipeline::inpaint;
 
 /// Largest classifier-free guidance accepted. diffusers sets no bound; 30 is the top of the
 /// AUTOMATIC1111 web UI's CFG slider, past which images only saturate.
@@ -74,6 +75,27 @@ pub fn validate(
         ),
         None => None,
     };
+    let mask_image = match &request.mask_image {
+        Some(_) if !info.inpainting => {
+            return Err(invalid(
+                "mask_image",
+                "this model is not an inpainting model; deploy an inpainting checkpoint (9-channel UNet)"
+                    .into(),
+            ));
+        }
+        Some(_) if init_image.is_none() => {
+            return Err(invalid(
+                "mask_image",
+                "needs `init_image`, the picture to paint into".into(),
+            ));
+        }
+        Some(text) => Some(
+            init_image::decode(text, width, height, limits.max_side)
+                .map(|rgb| inpaint::mask_luma(&rgb))
+                .map_err(|message| invalid("mask_image", message))?,
+        ),
+        None => None,
+    };
     let strength = match (request.strength, init_image.is_some()) {
         (Some(_), false) => {
             return Err(invalid(
@@ -85,6 +107,8 @@ pub fn validate(
             return Err(invalid("strength", format!("{s} is outside (0, 1]")));
         }
         (Some(s), true) => s,
+        // diffusers' inpainting pipeline repaints from pure noise by default.
+        (None, true) if info.inpainting => 1.0,
         // diffusers' StableDiffusionImg2ImgPipeline default strength.
         (None, true) => 0.8,
         (None, false) => 1.0,
@@ -104,6 +128,7 @@ pub fn validate(
             init_image,
             strength,
             init_latents: None,
+            mask_image,
         },
         format,
     })
@@ -157,6 +182,7 @@ mod tests {
             device: "cpu".into(),
             native_width: 64,
             native_height: 64,
+            inpainting: false,
             defaults: GenerationDefaults {
                 num_inference_steps: 20,
                 guidance_scale: 7.5,
@@ -315,5 +341,59 @@ mod tests {
                 .strength,
             0.8
         );
+    }
+
+    #[test]
+    fn a_mask_needs_an_inpainting_model_and_an_init_image_and_defaults_strength_to_one() {
+        use base64::Engine as _;
+        let png_of = |img: image::RgbImage| {
+            let mut png = std::io::Cursor::new(Vec::new());
+            image::DynamicImage::ImageRgb8(img)
+                .write_to(&mut png, image::ImageFormat::Png)
+                .expect("encode");
+            base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+        };
+        let source = png_of(image::RgbImage::new(16, 16));
+        let mask = png_of(image::RgbImage::from_pixel(16, 16, image::Rgb([255, 255, 255])));
+        let with_mask = request(serde_json::json!({"prompt": "", "init_image": source, "mask_image": mask}));
+
+        let err = validate(&with_mask, &info(), || 0).expect_err("not an inpainting model");
+        assert!(
+            matches!(
+                err,
+                ServerError::InvalidParameter {
+                    field: "mask_image",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("inpainting"), "{err}");
+
+        let inpainting = ModelInfo {
+            inpainting: true,
+            ..info()
+        };
+        let mask_only = request(serde_json::json!({"prompt": "", "mask_image": mask}));
+        let err = validate(&mask_only, &inpainting, || 0).expect_err("no source image");
+        assert!(err.to_string().contains("init_image"), "{err}");
+        let bad = request(serde_json::json!({"prompt": "", "init_image": source, "mask_image": "%%"}));
+        let err = validate(&bad, &inpainting, || 0).expect_err("bad mask");
+        assert!(
+            matches!(
+                err,
+                ServerError::InvalidParameter {
+                    field: "mask_image",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+
+        let v = validate(&with_mask, &inpainting, || 0).expect("inpainting request");
+        let resized = v.params.mask_image.expect("mask");
+        assert_eq!(resized.dimensions(), (64, 64), "resized to the output size");
+        assert!(resized.pixels().all(|p| p.0[0] == 255));
+        assert_eq!(v.params.strength, 1.0, "diffusers' inpainting default");
     }
 }

@@ -19,6 +19,12 @@ What it does, offline:
 3. Writes small goldens under tests/golden/<family>/: token ids, text embeddings (context and
    pooled), one UNet evaluation, a VAE decode and encode, and full 4-step DDIM (and Euler for
    SDXL) images from fixed starting latents; plus schedulers.json (see schedulers.py).
+4. `save_pretrained`s each loaded pipeline and writes tests/golden/<family>/diffusers_manifest.json
+   (per component: tensor names/shapes and the config keys that matter), which
+   tests/diffusers_manifest.rs checks `make-test-model --layout diffusers` against.
+   `--manifests-only` does only this; `--keep-folders DIR` keeps the saved folders so that
+   `SDPLANE_DIFFUSERS_SAVED=DIR cargo test -p sdplane-replica --test diffusers_manifest -- --ignored`
+   can generate the golden images from folders diffusers itself wrote.
 """
 
 import argparse
@@ -414,17 +420,85 @@ def goldens(family: str, sdplane: Path, work: Path):
     print(f"wrote {out}")
 
 
+# Config keys the folder manifest keeps per component: what decides the architecture and how
+# the pipeline uses it (sdplane's folder writer must agree on each).
+MANIFEST_KEYS = {
+    "unet": ["in_channels", "out_channels", "block_out_channels", "layers_per_block", "attention_head_dim",
+             "num_attention_heads", "cross_attention_dim", "use_linear_projection", "transformer_layers_per_block",
+             "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+             "down_block_types", "up_block_types", "mid_block_type", "norm_num_groups", "flip_sin_to_cos",
+             "freq_shift"],
+    "vae": ["in_channels", "out_channels", "block_out_channels", "layers_per_block", "latent_channels",
+            "norm_num_groups", "down_block_types", "up_block_types"],
+    "text_encoder": ["architectures", "hidden_act", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "vocab_size", "max_position_embeddings", "layer_norm_eps"],
+    "scheduler": ["prediction_type", "beta_schedule", "beta_start", "beta_end", "num_train_timesteps"],
+}
+
+
+def folder_manifest(family: str, sdplane: Path, work: Path, keep: Path = None):
+    """Load our tiny single file with diffusers `from_single_file`, `save_pretrained` it, and
+    commit what the folder holds: per component, tensor names and shapes, and the config keys of
+    MANIFEST_KEYS. The Rust test `diffusers_manifest` checks our folder writer against it."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    ckpt = work / f"tiny-{family}.safetensors"
+    subprocess.run([str(sdplane), "make-test-model", "--family", family, "--seed", str(SEEDS[family]),
+                    "--out", str(ckpt)] + EXTRA_FLAGS.get(family, []), check=True)
+    config_dir = work / f"config-{family}"
+    write_config_folder(config_dir, family, read_header(ckpt))
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    kwargs = {} if family == "sdxl" else dict(safety_checker=None, requires_safety_checker=False)
+    pipe = cls.from_single_file(str(ckpt), config=str(config_dir), local_files_only=True,
+                                torch_dtype=torch.float32, **kwargs)
+    saved = (keep / family) if keep else work / f"saved-{family}"
+    pipe.save_pretrained(str(saved), safe_serialization=True)
+    manifest = {"model_index": {}, "components": {}}
+    index = json.loads((saved / "model_index.json").read_text())
+    for name, value in index.items():
+        if not name.startswith("_") and name in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler"):
+            manifest["model_index"][name] = value
+    for sub in sorted(p for p in saved.iterdir() if p.is_dir()):
+        name = sub.name
+        if name.startswith("tokenizer"):
+            continue
+        entry = {}
+        weights = sorted(sub.glob("*.safetensors"))
+        if weights:
+            entry["file"] = weights[0].name
+            entry["tensors"] = {k: v for w in weights for k, v in read_header(w).items()}
+        config_file = sub / ("scheduler_config.json" if name == "scheduler" else "config.json")
+        config = json.loads(config_file.read_text())
+        keys = MANIFEST_KEYS["text_encoder" if name.startswith("text_encoder") else name]
+        entry["config"] = {k: config[k] for k in keys if k in config and config[k] is not None}
+        manifest["components"][name] = entry
+    out = HERE / family
+    out.mkdir(exist_ok=True)
+    (out / "diffusers_manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out / 'diffusers_manifest.json'} (folder saved at {saved})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sdplane", type=Path, default=REPO / "target" / "debug" / "sdplane")
     parser.add_argument("--families", nargs="*", default=["sd15", "sdxl", "sd21"])
+    parser.add_argument("--manifests-only", action="store_true",
+                        help="only write diffusers_manifest.json per family (save_pretrained folders)")
+    parser.add_argument("--keep-folders", type=Path, default=None,
+                        help="keep diffusers' saved folders here (<dir>/<family>) to load them with sdplane")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.manifests_only:
+        with tempfile.TemporaryDirectory() as work:
+            for family in args.families:
+                folder_manifest(family, args.sdplane, Path(work), args.keep_folders)
+        return
     import schedulers
     schedulers.write(HERE / "schedulers.json")
     with tempfile.TemporaryDirectory() as work:
         for family in args.families:
             goldens(family, args.sdplane, Path(work))
+            folder_manifest(family, args.sdplane, Path(work), args.keep_folders)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ pub fn assert_image_matches(
         init_image: None,
         strength: 1.0,
         init_latents: Some(init),
+        mask_image: None,
     };
     let mut steps_seen = 0;
     let (out, _) = generator

@@ -50,6 +50,7 @@ impl StepGenerator {
                 device: "cpu".into(),
                 native_width: 64,
                 native_height: 64,
+                inpainting: false,
                 defaults: GenerationDefaults {
                     num_inference_steps: 4,
                     guidance_scale: 7.5,

@@ -37,6 +37,9 @@ pub enum ModelLayout {
     Ldm,
     /// Stability `generative-models` (SDXL, turbo files).
     Sgm,
+    /// A diffusers `save_pretrained` folder: one file (or shard set) per component, diffusers
+    /// and transformers parameter names, hyperparameters in each component's `config.json`.
+    Diffusers,
 }
 
 /// What the UNet predicts.
@@ -73,6 +76,8 @@ pub enum Source {
     Probe,
     /// The family's documented default.
     FamilyDefault,
+    /// A diffusers folder's `config.json`/`scheduler_config.json`.
+    Config,
 }
 
 impl Source {
@@ -85,6 +90,7 @@ impl Source {
             Self::LayoutHint => "key layout hint",
             Self::Probe => "weight probe",
             Self::FamilyDefault => "family default",
+            Self::Config => "config.json",
         }
     }
 }
@@ -337,7 +343,7 @@ fn check_context(context_dim: usize, encoders: &[&TextEncoderLayout], warnings: 
 }
 
 /// The floating dtype holding the most elements, and the total element count.
-fn dtype_and_parameters(header: &Header) -> (String, u64) {
+pub(super) fn dtype_and_parameters(header: &Header) -> (String, u64) {
     let mut per_dtype: BTreeMap<&str, u64> = BTreeMap::new();
     let mut total = 0u64;
     for t in header.tensors.values() {

@@ -43,6 +43,16 @@ pub enum TextEncoderKind {
     HfClip,
     /// OpenCLIP naming (`model.transformer.resblocks.*`), exact GELU, fused `in_proj` (ViT-H, bigG).
     OpenClip,
+    /// An OpenCLIP tower (ViT-H, bigG) converted to HF CLIP naming, as diffusers folders store it
+    /// (`hidden_act: "gelu"`): HF keys, exact GELU, padding with id 0 like OpenCLIP.
+    HfOpenClip,
+}
+
+impl TextEncoderKind {
+    /// Whether the tower's keys use HF CLIP naming (`text_model.encoder.layers.*`).
+    pub fn hf_naming(self) -> bool {
+        matches!(self, Self::HfClip | Self::HfOpenClip)
+    }
 }
 
 /// One text encoder found in the file.

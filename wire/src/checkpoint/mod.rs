@@ -7,10 +7,14 @@
 //! - `layout`: UNet, text-encoder and VAE sizes derived from shapes (§4).
 //! - `lookalike`: files that resemble checkpoints but are something else, refused by name.
 //! - `settings`: prediction type, turbo and resolution with the source of each decision.
+//! - `folder`, `folder_layout`: diffusers `save_pretrained` folders, detected into the same
+//!   `Detection` from each component's headers and `config.json`.
 //! - `scan`: listing a models directory (what `sdplane models` and `--list` show).
 //! - `synth`: the key/shape list of a checkpoint in the real file layout (test models).
 
 pub mod detect;
+pub mod folder;
+mod folder_layout;
 pub mod header;
 pub mod layout;
 mod lookalike;
@@ -24,8 +28,12 @@ pub use detect::{
 pub use header::{CheckpointError, Header, TensorInfo};
 pub use layout::{TextEncoderKind, TextEncoderLayout, UnetLayout, VaeLayout};
 
-/// Read a file's header and detect what it is: the one call most users need.
+/// Read a file's header (or a diffusers folder's headers and configs) and detect what it is:
+/// the one call most users need.
 pub fn inspect(path: &std::path::Path) -> Result<Detection, CheckpointError> {
+    if path.is_dir() {
+        return Ok(folder::inspect_folder(path)?.detection);
+    }
     let header = Header::read(path)?;
     detect(&header)
 }

@@ -1,5 +1,7 @@
-//! Listing a models directory: every `*.safetensors` file with its detection or the reason it
-//! cannot be used. A corrupt file is a row with an error, never a failure of the listing.
+//! Listing a models directory: every `*.safetensors` file and every diffusers folder (a folder
+//! with `model_index.json`, listed as one model, not walked into) with its detection or the
+//! reason it cannot be used. A corrupt file or folder is a row with an error, never a failure
+//! of the listing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -66,7 +68,9 @@ fn walk(
                 }
                 continue;
             }
-            if target.is_dir() {
+            if target.is_dir() && super::folder::is_diffusers_folder(&target) {
+                out.push(folder_row(&target, &rel_path));
+            } else if target.is_dir() {
                 // Each real folder once: symlink loops inside the folder end here.
                 if visited.insert(target.clone()) {
                     walk(root, &target, &rel_path, visited, out)?;
@@ -74,6 +78,8 @@ fn walk(
             } else if is_model {
                 out.push(inspect_row(&target, &rel_path));
             }
+        } else if meta.is_dir() && super::folder::is_diffusers_folder(&path) {
+            out.push(folder_row(&path, &rel_path));
         } else if meta.is_dir() {
             if visited.insert(path.clone()) {
                 walk(root, &path, &rel_path, visited, out)?;
@@ -128,6 +134,25 @@ fn inspect_row(path: &Path, rel: &Path) -> ModelFileEntry {
         },
         Err(e) => error_row(rel, size, e.to_string()),
     }
+}
+
+/// Detect one diffusers folder; its size is every file under it. The app name comes from the
+/// folder's whole name (`my.model/` → `sd-my-model`), not a stem.
+fn folder_row(path: &Path, rel: &Path) -> ModelFileEntry {
+    let size = super::folder::folder_size(path);
+    let app_name = super::folder::app_name_for_folder(Path::new(&display_rel(rel)));
+    let row = match super::folder::inspect_folder(path) {
+        Ok(model) => ModelFileEntry {
+            family: Some(model.detection.family_name().to_string()),
+            family_label: Some(model.detection.family_label()),
+            dtype: Some(model.detection.dtype.clone()),
+            parameters: Some(model.detection.parameters),
+            error: None,
+            ..error_row(rel, size, String::new())
+        },
+        Err(e) => error_row(rel, size, e.to_string()),
+    };
+    ModelFileEntry { app_name, ..row }
 }
 
 /// Two files whose stems give the same app name cannot both be deployed: every file after
@@ -264,6 +289,28 @@ mod tests {
             error.contains("already taken by `a/model.safetensors`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_diffusers_folder_is_one_row_sized_by_all_its_files_and_not_walked_into() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("my.model");
+        fs::create_dir_all(model.join("unet")).expect("mkdir");
+        fs::write(
+            model.join("model_index.json"),
+            br#"{"_class_name": "StableDiffusionPipeline"}"#,
+        )
+        .expect("index");
+        fs::write(model.join("unet/config.json"), b"{}").expect("config");
+        fs::write(model.join("unet/diffusion_pytorch_model.safetensors"), b"short").expect("weights");
+        let rows = scan_models_dir(dir.path()).expect("scan");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].file, "my.model");
+        assert_eq!(rows[0].app_name, "sd-my-model");
+        assert_eq!(rows[0].size_bytes, super::super::folder::folder_size(&model));
+        assert!(rows[0].size_bytes > 7);
+        let error = rows[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains("too short"), "{error}");
     }
 
     #[test]

@@ -132,7 +132,7 @@ fn vae(widths: &[usize]) -> VaeLayout {
     }
 }
 
-use TextEncoderKind::{HfClip, OpenClip};
+use TextEncoderKind::{HfClip, HfOpenClip, OpenClip};
 
 impl SynthSpec {
     /// The real files' sizes: SD 1.5, SD 2.1, SDXL base 1.0, SDXL refiner 1.0 (§4.2, §4.5).
@@ -288,10 +288,10 @@ impl SynthSpec {
         self.layout = layout;
         for te in &mut self.text_encoders {
             te.prefix = match (te.kind, layout) {
-                (HfClip, ModelLayout::Ldm) => LDM_CLIP_PREFIX,
-                (HfClip, ModelLayout::Sgm) => SGM_CLIP_PREFIX,
+                (HfClip | HfOpenClip, ModelLayout::Ldm) => LDM_CLIP_PREFIX,
+                (HfClip | HfOpenClip, ModelLayout::Sgm | ModelLayout::Diffusers) => SGM_CLIP_PREFIX,
                 (OpenClip, ModelLayout::Ldm) => LDM_OPEN_CLIP_PREFIX,
-                (OpenClip, ModelLayout::Sgm) => SGM_OPEN_CLIP_0_PREFIX,
+                (OpenClip, ModelLayout::Sgm | ModelLayout::Diffusers) => SGM_OPEN_CLIP_0_PREFIX,
             }
             .into();
         }
@@ -304,7 +304,7 @@ impl SynthSpec {
         keys::unet_tensors(&mut out, &self.unet);
         for te in &self.text_encoders {
             match te.kind {
-                HfClip => keys::hf_clip_tensors(&mut out, te),
+                HfClip | HfOpenClip => keys::hf_clip_tensors(&mut out, te),
                 OpenClip => keys::open_clip_tensors(&mut out, te),
             }
         }
@@ -324,7 +324,7 @@ impl SynthSpec {
                     Init::Schedule("sigmas"),
                 );
             }
-            ModelLayout::Sgm => {}
+            ModelLayout::Sgm | ModelLayout::Diffusers => {}
         }
         out.0
     }
