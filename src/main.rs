@@ -41,6 +41,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Replica(_) | Command::Generate(_)) {
+        // Before any thread exists (see the function's docs).
+        sdplane_replica::allocator::keep_freed_memory();
+    }
     if let Err(e) = logging::init(&cli.log).and_then(|()| dispatch(cli.command)) {
         // One line for people and supervisors; details are already in the logs.
         eprintln!("sdplane: {e:#}");

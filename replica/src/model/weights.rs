@@ -128,6 +128,8 @@ pub(crate) struct Weights {
     store: Arc<Store>,
     map: Arc<KeyMap>,
     consumed: Arc<Mutex<BTreeSet<String>>>,
+    /// Tensors read ahead by [`Weights::read_ahead`], by requested name, in the stored dtype.
+    read: Arc<Mutex<HashMap<String, Tensor>>>,
     prefix: String,
     dtype: DType,
     device: Device,
@@ -139,6 +141,7 @@ impl Weights {
             store: Arc::new(store),
             map: Arc::new(map),
             consumed: Arc::new(Mutex::new(BTreeSet::new())),
+            read: Arc::new(Mutex::new(HashMap::new())),
             prefix: String::new(),
             dtype,
             device,
@@ -191,25 +194,79 @@ impl Weights {
             });
         }
         self.mark_consumed(&stored.key);
-        match self.store.as_ref() {
-            Store::Meta(_) => Ok(Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?),
-            Store::Mmap(_) | Store::Files { .. } => {
-                let missing = || ModelError::MissingTensor {
-                    name: full.clone(),
-                    stored: stored.key.clone(),
-                };
-                let (file, key) = self.locate(&stored.key).ok_or_else(missing)?;
-                let (range, bytes) = file.bytes(key).ok_or_else(missing)?;
-                let raw = Tensor::from_raw_buffer(bytes, candle_dtype(&dtype)?, &stored_shape, &self.device)?;
-                file.release(range);
-                let t = match stored.transform {
-                    Transform::None | Transform::Squeeze => raw.reshape(shape)?,
-                    Transform::Rows { start, len } => raw.narrow(0, start, len)?.contiguous()?,
-                    Transform::Transpose => raw.t()?.contiguous()?,
-                };
-                Ok(t.to_dtype(self.dtype)?)
-            }
+        if let Store::Meta(_) = self.store.as_ref() {
+            return Ok(Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?);
         }
+        let ahead = self.read.lock().unwrap_or_else(|e| e.into_inner()).remove(&full);
+        let t = match ahead {
+            Some(t) => t,
+            None => self.read_stored(&full, stored)?,
+        };
+        Ok(t.reshape(shape)?.to_dtype(self.dtype)?)
+    }
+
+    /// Requested tensor `full` from the mapped file, transformed, in its stored dtype; the
+    /// mapped pages are released once copied.
+    fn read_stored(&self, full: &str, stored: &super::keys::Stored) -> Result<Tensor, ModelError> {
+        let missing = || ModelError::MissingTensor {
+            name: full.to_string(),
+            stored: stored.key.clone(),
+        };
+        let (dtype, stored_shape) = self.stored_info(full, &stored.key)?;
+        let (file, key) = self.locate(&stored.key).ok_or_else(missing)?;
+        let (range, bytes) = file.bytes(key).ok_or_else(missing)?;
+        let raw = Tensor::from_raw_buffer(bytes, candle_dtype(&dtype)?, &stored_shape, &self.device)?;
+        file.release(range);
+        Ok(match stored.transform {
+            Transform::None | Transform::Squeeze => raw,
+            Transform::Rows { start, len } => raw.narrow(0, start, len)?.contiguous()?,
+            Transform::Transpose => raw.t()?.contiguous()?,
+        })
+    }
+
+    /// Read every mapped tensor on `threads` threads before the layers ask for them, one at a
+    /// time, in file order: on the CPU, copying out of the page cache and first touching the
+    /// new memory are most of a load, and both scale with cores. Later `get`s take the tensors
+    /// from here and convert them to the model dtype, so the peak stays about the weights.
+    /// Does nothing for header-only stores and accelerators (their copies go through the driver).
+    pub(crate) fn read_ahead(&self, threads: usize, progress: &(dyn Fn(f64) + Sync)) -> bool {
+        if matches!(self.store.as_ref(), Store::Meta(_)) || !self.device.is_cpu() || threads < 2 {
+            return false;
+        }
+        let mut jobs: Vec<(&String, &super::keys::Stored, u64)> = self
+            .map
+            .names()
+            .filter_map(|(name, stored)| {
+                let (file, key) = self.locate(&stored.key)?;
+                let offset = file.header.tensors.get(key)?.data_offsets.0;
+                Some((name, stored, offset))
+            })
+            .collect();
+        jobs.sort_by_key(|&(_, _, offset)| offset);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    while let Some(&(name, stored, _)) =
+                        jobs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        // A tensor that cannot be read is left to `get`, which reports it with
+                        // the shape and dtype checks in context.
+                        if let Ok(t) = self.read_stored(name, stored) {
+                            let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+                            read.insert(name.clone(), t);
+                            progress(read.len() as f64 / jobs.len() as f64);
+                        }
+                    }
+                });
+            }
+        });
+        true
+    }
+
+    /// Tensors read ahead that no layer asked for (dropped with the last handle).
+    pub(crate) fn unused_read_ahead(&self) -> usize {
+        self.read.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Weight and optional bias of a layer; the bias shape is `[out]` (`shape[0]`).
