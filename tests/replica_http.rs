@@ -72,6 +72,18 @@ impl ReplicaProcess {
         format!("{}{path}", self.base)
     }
 
+    /// `GET /v1/models` as JSON.
+    async fn models(&self) -> Value {
+        self.http
+            .get(self.url("/v1/models"))
+            .send()
+            .await
+            .expect("GET /v1/models")
+            .json()
+            .await
+            .expect("models JSON")
+    }
+
     async fn health(&self) -> (u16, Value) {
         let r = self
             .http
@@ -171,15 +183,7 @@ async fn replica_binary_serves_a_tiny_model_end_to_end() {
     assert!(health["load_seconds"].as_f64().expect("load seconds") > 0.0);
     assert_eq!(health["gpu"], Value::Null);
 
-    let models: Value = replica
-        .http
-        .get(replica.url("/v1/models"))
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
+    let models = replica.models().await;
     assert_eq!(models["model"], "tiny-sd15");
     let min_side = models["limits"]["min_side"].as_u64().expect("min_side");
 
@@ -308,15 +312,7 @@ async fn replica_binary_answers_429_when_the_queue_is_full_and_504_past_the_dead
     let model = tiny_model(dir.path());
     let replica = ReplicaProcess::spawn(&model, &["--max-queue", "1", "--max-concurrency", "1"]);
     replica.wait_ready().await;
-    let models: Value = replica
-        .http
-        .get(replica.url("/v1/models"))
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
+    let models = replica.models().await;
     // The most steps this model accepts, at its smallest size: seconds of work on a tiny model,
     // enough to keep the worker busy while the other requests arrive.
     let side = models["limits"]["min_side"].clone();
@@ -443,15 +439,7 @@ async fn replica_binary_inpaints_with_a_mask_and_refuses_masks_for_other_models(
     assert!(status.success(), "make-test-model --inpaint failed");
     let replica = ReplicaProcess::spawn(&inpaint_model, &[]);
     replica.wait_ready().await;
-    let models: Value = replica
-        .http
-        .get(replica.url("/v1/models"))
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
+    let models = replica.models().await;
     assert_eq!(models["inpainting"], true, "{models}");
     assert!(
         models["family_label"]

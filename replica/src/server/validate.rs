@@ -343,6 +343,19 @@ mod tests {
         );
     }
 
+    fn assert_mask_error(err: &ServerError) {
+        assert!(
+            matches!(
+                err,
+                ServerError::InvalidParameter {
+                    field: "mask_image",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn a_mask_needs_an_inpainting_model_and_an_init_image_and_defaults_strength_to_one() {
         use base64::Engine as _;
@@ -358,16 +371,7 @@ mod tests {
         let with_mask = request(serde_json::json!({"prompt": "", "init_image": source, "mask_image": mask}));
 
         let err = validate(&with_mask, &info(), || 0).expect_err("not an inpainting model");
-        assert!(
-            matches!(
-                err,
-                ServerError::InvalidParameter {
-                    field: "mask_image",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_mask_error(&err);
         assert!(err.to_string().contains("inpainting"), "{err}");
 
         let inpainting = ModelInfo {
@@ -379,16 +383,7 @@ mod tests {
         assert!(err.to_string().contains("init_image"), "{err}");
         let bad = request(serde_json::json!({"prompt": "", "init_image": source, "mask_image": "%%"}));
         let err = validate(&bad, &inpainting, || 0).expect_err("bad mask");
-        assert!(
-            matches!(
-                err,
-                ServerError::InvalidParameter {
-                    field: "mask_image",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_mask_error(&err);
 
         let v = validate(&with_mask, &inpainting, || 0).expect("inpainting request");
         let resized = v.params.mask_image.expect("mask");

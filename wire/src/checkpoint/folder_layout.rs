@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::folder::{contradiction, read_json};
 use super::header::{CheckpointError, Header};
-use super::layout::{UnetLayout, VaeLayout};
+use super::layout::{UnetLayout, VaeLayout, VaeNames};
 
 /// A component's parsed `config.json`.
 #[derive(Debug, Clone)]
@@ -280,27 +280,12 @@ pub(super) fn unet(header: &Header, p: &str, config: &Config) -> Result<UnetLayo
 
 /// The VAE under `p` (`vae.`) in diffusers naming, checked against `config`.
 pub(super) fn vae(header: &Header, p: &str, config: &Config) -> Result<VaeLayout, CheckpointError> {
-    let image_channels = shape(header, &format!("{p}encoder.conv_in.weight"), 4)?[1];
-    let levels = header.indices_after(&format!("{p}encoder.down_blocks.")).len();
-    let block_out_channels = (0..levels)
-        .map(|i| {
-            Ok(shape(
-                header,
-                &format!("{p}encoder.down_blocks.{i}.resnets.0.conv2.weight"),
-                4,
-            )?[0])
-        })
-        .collect::<Result<Vec<_>, CheckpointError>>()?;
-    let layers_per_block = header
-        .indices_after(&format!("{p}encoder.down_blocks.0.resnets."))
-        .len();
-    let latent_channels = shape(header, &format!("{p}post_quant_conv.weight"), 4)?[1];
-    if block_out_channels.is_empty() || layers_per_block == 0 {
-        return Err(contradiction(
-            "vae",
-            "no `encoder.down_blocks.0.resnets.0`".into(),
-        ));
-    }
+    let names = VaeNames {
+        levels: "encoder.down_blocks.",
+        resnets: "resnets.",
+    };
+    let layout = VaeLayout::from_shapes(header, p, &names)?
+        .ok_or_else(|| contradiction("vae", "no `encoder.down_blocks.0.resnets.0`".into()))?;
     if header.has(&format!("{p}encoder.mid_block.attentions.0.query.weight")) {
         return Err(CheckpointError::Unsupported {
             what: "VAE saved by diffusers before 0.14 (`query`/`key`/`value` attention names)".into(),
@@ -311,22 +296,22 @@ pub(super) fn vae(header: &Header, p: &str, config: &Config) -> Result<VaeLayout
         (
             "block_out_channels",
             config.usize_list("block_out_channels"),
-            block_out_channels.clone(),
+            layout.block_out_channels.clone(),
         ),
         (
             "layers_per_block",
             config.usize("layers_per_block").map(|v| vec![v]),
-            vec![layers_per_block],
+            vec![layout.layers_per_block],
         ),
         (
             "latent_channels",
             config.usize("latent_channels").map(|v| vec![v]),
-            vec![latent_channels],
+            vec![layout.latent_channels],
         ),
         (
             "in_channels",
             config.usize("in_channels").map(|v| vec![v]),
-            vec![image_channels],
+            vec![layout.image_channels],
         ),
     ];
     for (key, said, found) in checks {
@@ -339,11 +324,5 @@ pub(super) fn vae(header: &Header, p: &str, config: &Config) -> Result<VaeLayout
             ));
         }
     }
-    Ok(VaeLayout {
-        prefix: p.to_string(),
-        block_out_channels,
-        layers_per_block,
-        latent_channels,
-        image_channels,
-    })
+    Ok(layout)
 }

@@ -393,32 +393,57 @@ impl TextEncoderLayout {
     }
 }
 
+/// Key names of the VAE encoder's levels and their resnets in one naming scheme.
+pub(super) struct VaeNames {
+    /// `encoder.down.` (LDM) or `encoder.down_blocks.` (diffusers).
+    pub levels: &'static str,
+    /// `block.` (LDM) or `resnets.` (diffusers).
+    pub resnets: &'static str,
+}
+
+/// The single-file (LDM/SGM) VAE names (§3.3).
+pub(super) const LDM_VAE_NAMES: VaeNames = VaeNames {
+    levels: "encoder.down.",
+    resnets: "block.",
+};
+
 impl VaeLayout {
     /// The VAE under `prefix` (§3.3), or `None` when the file has none.
     pub fn derive(header: &Header, prefix: &str) -> Result<Option<Self>, CheckpointError> {
         if !header.has(&format!("{prefix}encoder.conv_in.weight")) {
             return Ok(None);
         }
+        let layout = Self::from_shapes(header, prefix, &LDM_VAE_NAMES)?.ok_or_else(|| {
+            CheckpointError::Unsupported {
+                what: "incomplete VAE".into(),
+                found: format!("no `{prefix}encoder.down.0.block.0` resnet"),
+            }
+        })?;
+        Ok(Some(layout))
+    }
+
+    /// Sizes from the encoder's shapes under `prefix` in naming `names`: levels and their
+    /// widths, resnets per level, latent and image channels; `None` when level 0 has no resnet.
+    pub(super) fn from_shapes(
+        header: &Header,
+        prefix: &str,
+        names: &VaeNames,
+    ) -> Result<Option<Self>, CheckpointError> {
         let image_channels = shape(header, &format!("{prefix}encoder.conv_in.weight"), 4)?[1];
-        let levels = header.indices_after(&format!("{prefix}encoder.down.")).len();
+        let levels_prefix = format!("{prefix}{}", names.levels);
+        let levels = header.indices_after(&levels_prefix).len();
         let block_out_channels = (0..levels)
             .map(|i| {
-                Ok(shape(
-                    header,
-                    &format!("{prefix}encoder.down.{i}.block.0.conv2.weight"),
-                    4,
-                )?[0])
+                let key = format!("{levels_prefix}{i}.{}0.conv2.weight", names.resnets);
+                Ok(shape(header, &key, 4)?[0])
             })
             .collect::<Result<Vec<_>, CheckpointError>>()?;
         let layers_per_block = header
-            .indices_after(&format!("{prefix}encoder.down.0.block."))
+            .indices_after(&format!("{levels_prefix}0.{}", names.resnets))
             .len();
         let latent_channels = shape(header, &format!("{prefix}post_quant_conv.weight"), 4)?[1];
         if block_out_channels.is_empty() || layers_per_block == 0 {
-            return Err(CheckpointError::Unsupported {
-                what: "incomplete VAE".into(),
-                found: format!("no `{prefix}encoder.down.0.block.0` resnet"),
-            });
+            return Ok(None);
         }
         Ok(Some(Self {
             prefix: prefix.to_string(),
