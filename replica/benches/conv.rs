@@ -77,7 +77,14 @@ fn time(reps: u32, mut f: impl FnMut() -> Result<Tensor>) -> Result<Duration> {
 }
 
 fn main() -> Result<()> {
+    // As the `sdplane` binary runs the replica (freed tensors reused, not unmapped).
+    sdplane_replica::allocator::keep_freed_memory();
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    // `CONV_BAND_MB=N` to compare band bounds; the replica's own by default.
+    let band_bytes = std::env::var("CONV_BAND_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(conv::COLUMN_BAND_BYTES, |mb| mb << 20);
     let dev = Device::Cpu;
     println!("| shape | b×c_in×h×w → c_out, k, stride | GFLOP | candle ms | sdplane ms | speed-up |");
     println!("|---|---|---:|---:|---:|---:|");
@@ -101,7 +108,7 @@ fn main() -> Result<()> {
         let reps = (1e10 / flop).clamp(1.0, 20.0) as u32;
         let candle = time(reps, || conv::reference(&layer, &x))?;
         let ours = if conv::supported(&layer) {
-            Some(time(reps, || conv::forward(&layer, &x, conv::COLUMN_BAND_BYTES))?)
+            Some(time(reps, || conv::forward(&layer, &x, band_bytes))?)
         } else {
             None
         };

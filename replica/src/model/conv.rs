@@ -25,13 +25,13 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Conv2d;
 
-/// Bound on one band's column matrix. Measured on SD shapes (2-core EPYC, f32, dev profile on a
-/// busy machine): bands of 4–8 MiB were up to 2× faster than 64 MiB ones (320 channels at 64²,
-/// 128 at 512²), most likely because such a band is still in the last-level cache when the
-/// gemm packs it, and because glibc hands allocations above its mmap threshold (at most
-/// 32 MiB) fresh pages that fault on first touch every time. At 2 MiB the 1280-channel bands
-/// got too narrow.
-pub const COLUMN_BAND_BYTES: usize = 8 << 20;
+/// Bound on one band's column matrix. Measured on SD shapes (release `cargo bench -p
+/// sdplane-replica --bench conv`, 2-core EPYC, f32, with the replica's malloc tuning from
+/// `crate::allocator`): 32 MiB bands were 1.15–1.5× faster than 8 MiB ones on the UNet's
+/// shapes (at 8 MiB the 640→320 conv at 64² gets bands of 2 rows, too narrow for gemm) and as
+/// fast as 64 MiB ones. In whole generations at 256² (three interleaved runs each) a UNet step
+/// took 6–8 % less than with 8 MiB and the VAE decode 2–5 % more.
+pub const COLUMN_BAND_BYTES: usize = 32 << 20;
 
 /// Whether `conv` can go through `forward`: a square kernel at stride 1 and dilation 1 with no
 /// groups (every SD conv except the stride-2 downsamplers).
@@ -199,8 +199,9 @@ mod tests {
         let rows = band_rows(1, 128, 3, 514, 4, 512, COLUMN_BAND_BYTES);
         assert!(rows * 128 * 9 * 514 * 4 <= COLUMN_BAND_BYTES, "{rows}");
         assert!((rows + 1) * 128 * 9 * 514 * 4 > COLUMN_BAND_BYTES, "{rows}");
-        // SD UNet, 320 channels at 64² (padded width 66), batch 2: 5 rows of 1.5 MB.
-        assert_eq!(band_rows(2, 320, 3, 66, 4, 64, COLUMN_BAND_BYTES), 5);
+        // SD UNet, 320 channels at 64² (padded width 66), batch 2: rows of 1.5 MB.
+        assert_eq!(band_rows(2, 320, 3, 66, 4, 64, 8 << 20), 5);
+        assert_eq!(band_rows(2, 320, 3, 66, 4, 64, 32 << 20), 22);
         // A small input is one band; a bound below one row still makes progress.
         assert_eq!(band_rows(2, 4, 3, 10, 4, 8, COLUMN_BAND_BYTES), 8);
         assert_eq!(band_rows(1, 4, 3, 600, 4, 8, 1), 1);
