@@ -28,6 +28,12 @@ pub struct GenerationParams {
     pub init_latents: Option<Vec<f32>>,
 }
 
+/// `strength` when a request with an init image gives none: diffusers' img2img pipeline
+/// default (0.8), or its inpainting pipeline's (1: start from pure noise).
+pub fn default_strength(inpainting: bool) -> f64 {
+    if inpainting { 1.0 } else { 0.8 }
+}
+
 /// What a generation produced.
 #[derive(Debug, Clone)]
 pub struct GenerationOutput {

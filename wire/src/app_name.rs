@@ -9,7 +9,11 @@ pub const MAX_APP_NAME_LEN: usize = 63;
 
 /// The app name for a model file: `sd_xl_base_1.0.safetensors` → `sd-sd-xl-base-1-0`.
 pub fn app_name_for_file(path: &Path) -> String {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    app_name_for_stem(path.file_stem().and_then(|s| s.to_str()).unwrap_or_default())
+}
+
+/// The rule itself, for a name with nothing left to strip (a file stem, a folder's whole name).
+pub fn app_name_for_stem(stem: &str) -> String {
     let mut name = String::from("sd-");
     let mut pending_dash = false;
     for c in stem.chars().flat_map(char::to_lowercase) {

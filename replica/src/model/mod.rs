@@ -110,11 +110,9 @@ impl SdModel {
             }
         };
         let model = Self::build(detection, &weights, &build_progress)?;
-        if weights.unused_read_ahead() > 0 {
-            tracing::debug!(
-                count = weights.unused_read_ahead(),
-                "tensors read ahead but not used"
-            );
+        let unused_read_ahead = weights.unused_read_ahead();
+        if unused_read_ahead > 0 {
+            tracing::debug!(count = unused_read_ahead, "tensors read ahead but not used");
         }
         tracing::info!(
             family = model.detection.family_name(),

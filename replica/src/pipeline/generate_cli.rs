@@ -128,8 +128,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.model.display(),
         info.family_label
     );
-    // The server's defaults: diffusers' img2img 0.8, its inpainting pipeline 1.
-    let strength = args.strength.unwrap_or(if info.inpainting { 1.0 } else { 0.8 });
+    let strength = args
+        .strength
+        .unwrap_or_else(|| crate::engine::default_strength(info.inpainting));
     anyhow::ensure!(
         strength > 0.0 && strength <= 1.0,
         "--strength {strength} must be in (0, 1]"

@@ -107,10 +107,7 @@ pub fn validate(
             return Err(invalid("strength", format!("{s} is outside (0, 1]")));
         }
         (Some(s), true) => s,
-        // diffusers' inpainting pipeline repaints from pure noise by default.
-        (None, true) if info.inpainting => 1.0,
-        // diffusers' StableDiffusionImg2ImgPipeline default strength.
-        (None, true) => 0.8,
+        (None, true) => crate::engine::default_strength(info.inpainting),
         (None, false) => 1.0,
     };
 

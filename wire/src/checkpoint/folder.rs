@@ -49,8 +49,8 @@ pub fn is_diffusers_folder(dir: &Path) -> bool {
 /// App name of a folder model: from the folder's whole name (`my.model/` → `sd-my-model`), as
 /// a folder has no extension to strip.
 pub fn app_name_for_folder(rel: &Path) -> String {
-    let whole = rel.to_string_lossy();
-    crate::app_name::app_name_for_file(Path::new(&format!("{}.dir", whole.trim_end_matches('/'))))
+    let name = rel.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    crate::app_name::app_name_for_stem(&name)
 }
 
 /// Pipelines whose components this loader can run (diffusers class names).
